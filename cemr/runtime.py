@@ -1,0 +1,51 @@
+"""Run plumbing shared by the entry points: seeding, building cached assets, writing run outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all ranks) so the same config gives the same numbers on CPU."""
+    lightning.seed_everything(seed, workers=True, verbose=False)
+
+
+def prepare(node: DictConfig | None) -> Path | None:
+    """Build a cached asset (body model, prepared dataset) from its config's `prepare` node.
+
+    The node's `_target_` is idempotent: it returns at once when its outputs already exist and
+    fails with a clear message when the raw inputs it needs are absent.
+    """
+    if node is None:
+        return None
+    return instantiate(node)
+
+
+def prepare_assets(cfg: DictConfig) -> None:
+    """Build everything the configured body model and dataset need, in dependency order."""
+    for group in ("body", "dataset"):
+        if group in cfg:
+            prepare(cfg[group].get("prepare"))
+
+
+def save_config(cfg: DictConfig, out_dir: str | Path) -> Path:
+    """Write the fully resolved config of a run as `config.yaml` in its output dir."""
+    path = Path(out_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def write_metrics(metrics: dict[str, float], out_dir: str | Path) -> Path:
+    """Write a flat dict of floats as `metrics.json` (sorted keys, stable across runs)."""
+    path = Path(out_dir) / "metrics.json"
+    path.write_text(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2, sort_keys=True))
+    return path

@@ -1,0 +1,33 @@
+"""Shared fixtures: the real config tree composed with Hydra, tightened for CPU tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(REPO / "configs")
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def compose_config(name: str, overrides: list[str] | None = None, out_dir: Path | None = None) -> DictConfig:
+    """Compose `configs/<name>.yaml` as the CLI would, with `paths.output_dir` made concrete."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides or [])
+    if out_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out_dir)
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    def _compose(name: str, overrides: list[str] | None = None) -> DictConfig:
+        return compose_config(name, [f"paths.data_dir={tmp_path / 'data'}", *(overrides or [])], tmp_path / "out")
+
+    return _compose
