@@ -1,0 +1,465 @@
+"""`build_benchmark`: generate the synthetic two-domain benchmark into the prepared-dataset layout.
+
+Layout of `out_dir` (the same one the 3DPW and H3.6M preprocessors write):
+
+    images/<seq>/image_<frame:05d>.jpg
+    source_train.npz  source_test.npz  target_test.npz
+    meta.json         generation config, generator version, content hash (written last)
+
+Source sequences (Human3.6M-like) are split by subject: `source_subjects = (train, test)`
+people, the test ones never appear in training. Source videos keep every
+`source_frame_stride`-th frame (as SPIN subsamples H3.6M), so `frame` counts video frames.
+Target sequences (3DPW-like) keep every frame. One person per sequence (`person` = 0).
+
+npz keys (rows ordered by seq, then frame): imgname (N,) relative path; center (N, 2) f8 and
+scale (N,) f8, the box of all 49 projected joints (centre of the min/max extent, side =
+bbox_scale_factor * max(w, h) = 200 * scale); pose (N, 72) f8 axis-angle with the root in the
+camera frame; shape (N, 10) f8; has_smpl (N,) f8 ones; gender (N,) '<U1' 'm'/'f' (the body model
+the frame was made with); S (N, 24, 4) f8 GT joints in metres, camera axes, relative to the
+pelvis (J24 index 14), column 3 = 1; part (N, 24, 3) f8 and openpose (N, 25, 3) f8 exact
+projections (x, y, 1) of the 49 joints 25: and :25; keypoints_detected (N, 49, 3) f8 detector-like
+(x, y, conf), zeros where dropped; seq (N,) str; person (N,) i8; frame (N,) i8; trans (N, 3) f8
+SMPL translation in the camera frame; focal (N,) f8 pixels. The camera has principal point
+(W/2, H/2) in 0-based pixel-centre coordinates, so
+part[..., :2] == perspective_projection(body(pose, shape).joints[:, 25:], trans, focal, (W/2, H/2)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cemr.body import BodyModel, load_body_model
+from cemr.data.synthetic.domains import DOMAINS
+from cemr.data.synthetic.keypoints import KeypointNoise
+from cemr.data.synthetic.sequence import SequenceSpec, encode_jpeg, generate_sequence
+
+log = logging.getLogger(__name__)
+
+GENERATOR_VERSION = 1
+SPLITS = ("source_train", "source_test", "target_test")
+META = "meta.json"
+GENDERS = {"m": "male", "f": "female"}
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Every setting that changes the generated content (the cache key hashes all of them)."""
+
+    seed: int = 0
+    source_sequences: int = 40
+    target_sequences: int = 8
+    frames_per_sequence: int = 100
+    source_frame_stride: int = 2
+    source_test_fraction: float = 0.2
+    source_subjects: tuple[int, int] = (5, 2)
+    fps: float = 30.0
+    source_image_size: tuple[int, int] = (192, 192)
+    target_image_size: tuple[int, int] = (160, 240)
+    supersample: int = 1
+    bbox_scale_factor: float = 1.2
+    keypoint_noise: KeypointNoise = field(default_factory=KeypointNoise)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"build_benchmark: {name} must be {expected}, found {getattr(self, name)!r}")
+
+        def is_int(value) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+        need(is_int(self.seed) and self.seed >= 0, "seed", "a non-negative int")
+        need(
+            is_int(self.source_sequences) and self.source_sequences >= 2,
+            "source_sequences",
+            "an int >= 2 (at least one train and one test sequence)",
+        )
+        need(is_int(self.target_sequences) and self.target_sequences >= 1, "target_sequences", "an int >= 1")
+        need(
+            is_int(self.frames_per_sequence) and self.frames_per_sequence >= 1,
+            "frames_per_sequence",
+            "an int >= 1",
+        )
+        need(
+            is_int(self.source_frame_stride) and 1 <= self.source_frame_stride <= self.frames_per_sequence,
+            "source_frame_stride",
+            "an int in [1, frames_per_sequence]",
+        )
+        need(0.0 < self.source_test_fraction < 1.0, "source_test_fraction", "in (0, 1)")
+        need(
+            len(self.source_subjects) == 2 and all(is_int(n) and n >= 1 for n in self.source_subjects),
+            "source_subjects",
+            "two ints >= 1 (train subjects, test subjects)",
+        )
+        need(self.fps > 0, "fps", "> 0")
+        for name in ("source_image_size", "target_image_size"):
+            need(
+                len(getattr(self, name)) == 2 and all(is_int(n) and n >= 16 for n in getattr(self, name)),
+                name,
+                "(width, height), ints >= 16",
+            )
+        need(is_int(self.supersample) and 1 <= self.supersample <= 4, "supersample", "an int in [1, 4]")
+        need(self.bbox_scale_factor > 0, "bbox_scale_factor", "> 0")
+
+    @property
+    def source_test_sequences(self) -> int:
+        return min(
+            self.source_sequences - 1, max(1, round(self.source_sequences * self.source_test_fraction))
+        )
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def specs(self) -> dict[str, list[SequenceSpec]]:
+        """The sequences of each split, in row order (names sort in generation order)."""
+        common = dict(
+            num_frames=self.frames_per_sequence,
+            fps=float(self.fps),
+            supersample=self.supersample,
+            bbox_scale_factor=float(self.bbox_scale_factor),
+            keypoint_noise=self.keypoint_noise,
+        )
+        n_test = self.source_test_sequences
+        n_train_subjects, n_test_subjects = self.source_subjects
+        source = DOMAINS["source"]
+        rig = (self.seed, 0, 2)  # one studio rig for the whole source domain
+        out: dict[str, list[SequenceSpec]] = {split: [] for split in SPLITS}
+        for split, count, first_subject, subjects in (
+            ("source_train", self.source_sequences - n_test, 0, n_train_subjects),
+            ("source_test", n_test, n_train_subjects, n_test_subjects),
+        ):
+            for k in range(count):
+                subject = first_subject + k % subjects
+                family = source.families[k % len(source.families)].name
+                camera = k % source.rig_cameras
+                out[split].append(
+                    SequenceSpec(
+                        domain="source",
+                        name=f"{split.split('_')[1]}_{k:03d}_S{subject}_{family}_cam{camera}",
+                        family=family,
+                        entropy=(self.seed, 0, 0, SPLITS.index(split), k),
+                        subject_entropy=(self.seed, 0, 1, subject),
+                        camera_entropy=rig,
+                        camera_index=camera,
+                        frame_stride=self.source_frame_stride,
+                        image_size=tuple(self.source_image_size),
+                        **common,
+                    )
+                )
+        target = DOMAINS["target"]
+        for k in range(self.target_sequences):
+            family = target.families[k % len(target.families)].name
+            out["target_test"].append(
+                SequenceSpec(
+                    domain="target",
+                    name=f"wild_{k:03d}_{family}",
+                    family=family,
+                    entropy=(self.seed, 1, 0, k),
+                    subject_entropy=(self.seed, 1, 1, k),
+                    frame_stride=1,
+                    image_size=tuple(self.target_image_size),
+                    **common,
+                )
+            )
+        return out
+
+
+def build_benchmark(
+    out_dir: str | os.PathLike,
+    body_model_dir: str | os.PathLike,
+    seed: int = 0,
+    source_sequences: int = 40,
+    target_sequences: int = 8,
+    frames_per_sequence: int = 100,
+    source_frame_stride: int = 2,
+    source_test_fraction: float = 0.2,
+    source_subjects: Sequence[int] = (5, 2),
+    fps: float = 30.0,
+    source_image_size: Sequence[int] = (192, 192),
+    target_image_size: Sequence[int] = (160, 240),
+    supersample: int = 1,
+    bbox_scale_factor: float = 1.2,
+    keypoint_noise: Mapping | KeypointNoise | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """Generate (or reuse) the benchmark in `out_dir`; returns `out_dir`. See the module docstring.
+
+    The body model directory holds SMPL_MALE/SMPL_FEMALE and the extra regressors (real SMPL or
+    `cemr.body.make_synthetic_body_model`). An existing `out_dir` whose meta.json carries the same
+    content hash (config + generator version + body model files) is reused untouched; otherwise
+    the benchmark is built in a temporary sibling directory and renamed into place, so a killed
+    build never leaves a directory that looks complete. `workers` processes render sequences in
+    parallel (0 or 1: in this process); the output does not depend on it.
+    """
+    if not isinstance(keypoint_noise, KeypointNoise):
+        keypoint_noise = KeypointNoise(**dict(keypoint_noise or {}))
+    config = BenchmarkConfig(
+        seed=seed,
+        source_sequences=source_sequences,
+        target_sequences=target_sequences,
+        frames_per_sequence=frames_per_sequence,
+        source_frame_stride=source_frame_stride,
+        source_test_fraction=float(source_test_fraction),
+        source_subjects=tuple(source_subjects),
+        fps=float(fps),
+        source_image_size=tuple(source_image_size),
+        target_image_size=tuple(target_image_size),
+        supersample=supersample,
+        bbox_scale_factor=float(bbox_scale_factor),
+        keypoint_noise=keypoint_noise,
+    )
+    out_dir = Path(out_dir)
+    body_model_dir = Path(body_model_dir)
+    key = {
+        "generator": __package__,
+        "version": GENERATOR_VERSION,
+        "config": config.to_json(),
+        "body_model_sha256": body_model_hashes(body_model_dir),
+    }
+    content_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    if is_complete(out_dir, content_hash):
+        log.info("synthetic benchmark: reusing %s", out_dir)
+        return out_dir
+    if out_dir.exists() and not (out_dir / META).is_file() and any(out_dir.iterdir()):
+        raise FileExistsError(
+            f"build_benchmark: {out_dir} exists, is not empty and has no {META}; it is not a "
+            "synthetic benchmark this function made, so it will not replace it"
+        )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        start = time.perf_counter()
+        specs = config.specs()
+        rows = _generate(specs, body_model_dir, tmp, workers, progress)
+        counts = {}
+        for split, split_specs in specs.items():
+            arrays = _assemble(split_specs, rows)
+            save_npz(tmp / f"{split}.npz", arrays)
+            counts[split] = {"sequences": len(split_specs), "frames": int(len(arrays["imgname"]))}
+        meta = {
+            **key,
+            "hash": content_hash,
+            "splits": counts,
+            "image_size": {
+                "source": list(config.source_image_size),
+                "target": list(config.target_image_size),
+            },
+            "principal_point": "(W/2, H/2), 0-based pixel centres",
+            "root_joint_of_S": "J24 14 Pelvis (MPII)",
+        }
+        (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        _replace_dir(tmp, out_dir)
+        log.info(
+            "synthetic benchmark: %d frames in %.1f s -> %s",
+            sum(c["frames"] for c in counts.values()),
+            time.perf_counter() - start,
+            out_dir,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def is_complete(out_dir: Path, content_hash: str) -> bool:
+    """True if out_dir holds a finished benchmark with this content hash."""
+    try:
+        meta = json.loads((out_dir / META).read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("hash") == content_hash and all((out_dir / f"{split}.npz").is_file() for split in SPLITS)
+
+
+def body_model_hashes(body_model_dir: Path) -> dict[str, str]:
+    """sha256 of the files the generator reads: gendered models and the regressors next to them."""
+    if not body_model_dir.is_dir():
+        raise FileNotFoundError(
+            f"build_benchmark: body model directory {body_model_dir} does not exist; build it first "
+            "(config body.prepare, e.g. cemr.body.make_synthetic_body_model) or point body_model_dir at "
+            "real SMPL"
+        )
+    hashes = {}
+    for gender in GENDERS.values():
+        stem = f"SMPL_{gender.upper()}"
+        found = [p for p in (body_model_dir / f"{stem}.pkl", body_model_dir / f"{stem}.npz") if p.is_file()]
+        if not found:
+            raise FileNotFoundError(f"build_benchmark: {body_model_dir} has no {stem}.pkl or {stem}.npz")
+        hashes[found[0].name] = _sha256(found[0])
+    for name in ("J_regressor_extra.npy", "J_regressor_h36m.npy"):
+        for folder in (body_model_dir, body_model_dir.parent):
+            if (folder / name).is_file():
+                hashes[name] = _sha256(folder / name)
+                break
+    return hashes
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Like np.savez, but byte-identical for identical arrays (fixed zip timestamps, no pickles)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for key, value in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
+            archive.writestr(
+                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue()
+            )
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    if is_complete(out_dir, json.loads((tmp / META).read_text())["hash"]):
+        return  # another process finished the same build first
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------ generation
+
+
+def load_gendered_models(body_model_dir: Path) -> dict[str, BodyModel]:
+    return {
+        tag: load_body_model(body_model_dir, gender, dtype=torch.float64) for tag, gender in GENDERS.items()
+    }
+
+
+_WORKER_MODELS: dict[str, BodyModel] = {}
+
+
+def _init_worker(body_model_dir: Path) -> None:
+    torch.set_num_threads(1)
+    _WORKER_MODELS.update(load_gendered_models(body_model_dir))
+
+
+def _make_sequence(spec: SequenceSpec, out_dir: Path, models: dict[str, BodyModel] | None = None) -> dict:
+    """Render one sequence, write its JPEGs under out_dir, return its label arrays."""
+    data = generate_sequence(spec, models or _WORKER_MODELS)
+    folder = out_dir / "images" / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for image, frame in zip(data.images, data.labels["frame"], strict=True):
+        name = f"images/{spec.name}/image_{frame:05d}.jpg"
+        (out_dir / name).write_bytes(encode_jpeg(image, data.jpeg_quality))
+        names.append(name)
+    return {**data.labels, "imgname": np.array(names)}
+
+
+def _generate(
+    specs: dict[str, list[SequenceSpec]],
+    body_model_dir: Path,
+    out_dir: Path,
+    workers: int,
+    show_progress: bool,
+) -> dict[str, dict]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    todo = [spec for split_specs in specs.values() for spec in split_specs]
+    total = sum(len(range(0, s.num_frames, s.frame_stride)) for s in todo)
+    columns = (
+        TextColumn("[bold]synthetic benchmark"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    rows: dict[str, dict] = {}
+    pool, futures = None, {}
+    if workers > 1:
+        # fork where available (no re-import of the caller's __main__, as spawn would need); all
+        # workers start at the first submit, before the progress bar starts its refresh thread
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        pool = ProcessPoolExecutor(
+            workers, mp_context=get_context(method), initializer=_init_worker, initargs=(body_model_dir,)
+        )
+        futures = {pool.submit(_make_sequence, spec, out_dir): spec.name for spec in todo}
+    start = time.perf_counter()
+    with Progress(*columns, disable=not show_progress) as bar:
+        task = bar.add_task("generate", total=total, rate="")
+
+        def done(name: str, labels: dict) -> None:
+            rows[name] = labels
+            bar.advance(task, len(labels["frame"]))
+            frames = bar.tasks[0].completed
+            bar.update(task, rate=f"{frames / max(time.perf_counter() - start, 1e-9):.1f} frames/s")
+
+        if pool is None:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # same arithmetic as in a worker process
+            try:
+                models = load_gendered_models(body_model_dir)
+                for spec in todo:
+                    done(spec.name, _make_sequence(spec, out_dir, models))
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            with pool:
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+    return rows
+
+
+def _assemble(split_specs: list[SequenceSpec], rows: dict[str, dict]) -> dict[str, np.ndarray]:
+    """Concatenate one split's sequences (in order) into the npz arrays."""
+    names = [spec.name for spec in split_specs]
+    if names != sorted(names):
+        raise AssertionError(f"sequence names must sort in generation order, found {names}")
+    parts = [rows[name] for name in names]
+    arrays = {
+        key: np.concatenate([p[key] for p in parts]) for key in NPZ_KEYS if key not in ("seq", "person")
+    }
+    arrays["seq"] = np.concatenate(
+        [np.full(len(p["frame"]), name) for p, name in zip(parts, names, strict=True)]
+    )
+    arrays["person"] = np.zeros(len(arrays["frame"]), dtype=np.int64)
+    return {key: arrays[key] for key in NPZ_KEYS}
+
+
+NPZ_KEYS = (
+    "imgname",
+    "center",
+    "scale",
+    "pose",
+    "shape",
+    "has_smpl",
+    "gender",
+    "S",
+    "part",
+    "openpose",
+    "keypoints_detected",
+    "seq",
+    "person",
+    "frame",
+    "trans",
+    "focal",
+)
