@@ -1,9 +1,8 @@
 """`python evaluate.py [overrides]`: a thin Hydra wrapper over cemr.evaluation.run.run(cfg)."""
 
 import hydra
-from omegaconf import DictConfig
-
 from cemr.evaluation.run import run
+from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")

@@ -49,3 +49,36 @@ def write_metrics(metrics: dict[str, float], out_dir: str | Path) -> Path:
     path = Path(out_dir) / "metrics.json"
     path.write_text(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2, sort_keys=True))
     return path
+
+
+def build_body_model(body_cfg: DictConfig, gender: str | None = None):
+    """The configured body model (real SMPL or the procedural one: the same loader)."""
+    from cemr.body import load_body_model
+
+    return load_body_model(
+        body_cfg.model_dir,
+        gender or body_cfg.gender,
+        regressor_extra=body_cfg.regressor_extra,
+        regressor_h36m=body_cfg.regressor_h36m,
+    )
+
+
+def build_body_models(body_cfg: DictConfig) -> dict:
+    """Neutral, male and female body models, as the 3DPW protocol scores with all three."""
+    return {g: build_body_model(body_cfg, g) for g in ("neutral", "male", "female")}
+
+
+def build_datamodule(cfg: DictConfig, **overrides):
+    from cemr.data.datamodule import CEMRDataModule
+
+    return CEMRDataModule.from_config(cfg.dataset, **{"seed": cfg.seed, **overrides})
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    """Instantiate every logger of the `logger` group (csv, wandb, ...); none for `logger=none`."""
+    nodes = cfg.get("logger") or {}
+    return [instantiate(node) for node in nodes.values() if node is not None and "_target_" in node]
+
+
+def build_trainer(cfg: DictConfig, **overrides) -> lightning.Trainer:
+    return instantiate(cfg.trainer, logger=build_loggers(cfg) or False, **overrides)

@@ -28,6 +28,16 @@ def compose_config(name: str, overrides: list[str] | None = None, out_dir: Path 
 @pytest.fixture
 def compose_cfg(tmp_path):
     def _compose(name: str, overrides: list[str] | None = None) -> DictConfig:
-        return compose_config(name, [f"paths.data_dir={tmp_path / 'data'}", *(overrides or [])], tmp_path / "out")
+        return compose_config(
+            name, [f"paths.data_dir={tmp_path / 'data'}", *(overrides or [])], tmp_path / "out"
+        )
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def synthetic_body_dir(tmp_path_factory) -> Path:
+    """The procedural SMPL-format body model, written once per test session."""
+    from cemr.body import make_synthetic_body_model
+
+    return make_synthetic_body_model(tmp_path_factory.mktemp("body") / "body_synthetic")

@@ -1,19 +1,171 @@
-"""`run(cfg)` behind adapt.py: build the cached assets, then adapt the source model on the target stream."""
+"""`run(cfg)` behind adapt.py: adapt the source model on the target stream and score it.
+
+Builds what it needs first (body model, dataset, source model and video encoder; all cached), scores
+the source model without adaptation, streams the target through the AdaptationModule, and writes
+`config.yaml`, `metrics.json` and `predictions.npz` into the run dir.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import numpy as np
+import torch
 from omegaconf import DictConfig
 
-from cemr.runtime import prepare_assets, seed_everything
+from cemr.adapt.module import AdaptationModule
+from cemr.adapt.resume import StreamCheckpoint, remaining_stream
+from cemr.data.retrieval import ReplayBank
+from cemr.evaluation.protocol import joints14
+from cemr.evaluation.report import body_vertices, score_dataset, summarize_errors
+from cemr.models import load_checkpoint
+from cemr.prediction import predict_frames
+from cemr.runtime import (
+    build_body_models,
+    build_datamodule,
+    build_trainer,
+    prepare_assets,
+    save_config,
+    seed_everything,
+    write_metrics,
+)
+from cemr.train.run import load_video_encoder, train_source
 
 log = logging.getLogger(__name__)
+
+METRICS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
     prepare_assets(cfg)
-    # The adaptation module lands with issue 6 (MiRRo levels 1-3).
-    print("CEMR: assets ready; test-time adaptation (issue 6) is not built yet, so no metrics to report.")
-    return {}
+    out_dir = Path(cfg.paths.output_dir)
+    save_config(cfg, out_dir)
+    source = load_source(cfg)
+    body_models = build_body_models(cfg.body)
+    data = build_datamodule(cfg)
+    target = data.target
+    scorable = bool(np.any(target.data["has_smpl"] > 0))
+
+    baseline = predict_frames(source.model, target)
+    if cfg.adapter.levels == 0:
+        predictions = baseline
+    else:
+        predictions = adapt(cfg, source, body_models["neutral"], data, out_dir)
+
+    metrics = {}
+    regressor = body_models["neutral"].J_regressor_h36m.double().cpu().numpy()
+    if scorable:
+        metrics.update(summarize_errors(score_dataset(predictions, target, body_models, regressor)))
+        source_only = summarize_errors(score_dataset(baseline, target, body_models, regressor))
+        metrics.update({f"source_{k}": v for k, v in source_only.items()})
+    metrics.update(predictions.get("counters", {}))
+    write_predictions(out_dir / "predictions.npz", predictions, target, body_models["neutral"], regressor)
+    write_metrics(metrics, out_dir)
+    print_summary(cfg, metrics, scorable, out_dir)
+    return metrics
+
+
+def load_source(cfg: DictConfig):
+    """The source checkpoint, trained first (exactly as `python train.py` would) when it is missing."""
+    if not Path(cfg.training.checkpoint).is_file():
+        print(f"source checkpoint {cfg.training.checkpoint} is missing: training it now (python train.py)")
+        train_source(cfg)
+    return load_checkpoint(cfg.training.checkpoint, mean_params=cfg.body.mean_params)
+
+
+def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path) -> dict:
+    """Stream the target through the AdaptationModule; returns predictions {index, pose, betas, counters}."""
+    ad = cfg.adapter
+    video_encoder = align_head = None
+    if ad.levels >= 3 and ad.loss_weights.video_align > 0:
+        video_encoder = load_video_encoder(cfg)
+        align_head = torch.nn.Linear(*source.extra["align_head"]["weight"].shape[::-1])
+        align_head.load_state_dict(source.extra["align_head"])
+    replay = None
+    if ad.levels >= 2 and ad.replay.enabled:
+        replay = (replay_bank(cfg, source.model, data.source), data.source)
+    from cemr.body import MaxMixturePrior
+
+    module = AdaptationModule(
+        source.model,
+        body_model,
+        MaxMixturePrior.from_file(cfg.body.gmm),
+        ad,
+        cfg.focal_length,
+        cfg.backbone.crop_size,
+        video_encoder=video_encoder,
+        align_head=align_head,
+        replay_source=replay,
+        replay_weights=cfg.training.loss_weights,
+        seed=cfg.seed,
+    )
+    state_path = out_dir / "adapt_state.pt"
+    done = module.load_resume_state(state_path) if state_path.is_file() else 0
+    if done:
+        print(f"resuming from {state_path}: {done} frames already adapted")
+    loader = remaining_stream(data.stream_dataloader(), done)
+    trainer = build_trainer(
+        cfg,
+        max_epochs=1,
+        callbacks=[StreamCheckpoint(state_path, ad.checkpoint_every)],
+        use_distributed_sampler=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    if len(loader) > 0:
+        trainer.fit(module, loader)
+    predictions = {k: v.numpy() for k, v in module.predictions().items()}
+    predictions["counters"] = {k: float(v) for k, v in module.counters.items()}
+    return predictions
+
+
+def replay_bank(cfg: DictConfig, model: torch.nn.Module, source_frames) -> ReplayBank:
+    """k-means bank over the source model's pooled features of the source split (cached per checkpoint)."""
+    ckpt = Path(cfg.training.checkpoint)
+    path = (
+        Path(cfg.paths.cache_dir)
+        / "replay"
+        / f"{ckpt.stem}_{source_frames.path.stem}_k{cfg.adapter.replay.clusters}.npz"
+    )
+    if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
+        return ReplayBank.load(path)
+    features = predict_frames(model, source_frames, features=True)["feature"]
+    bank = ReplayBank.build(torch.from_numpy(features), cfg.adapter.replay.clusters, seed=cfg.seed)
+    bank.save(path)
+    return bank
+
+
+def write_predictions(path: Path, predictions: dict, frames, body_model, regressor: np.ndarray) -> None:
+    """Write predictions.npz: seq, frame, person, pose (N, 72), betas (N, 10), joints14 (N, 14, 3)."""
+    index = np.asarray(predictions["index"])
+    vertices = body_vertices(body_model, predictions["pose"], predictions["betas"])
+    np.savez(
+        path,
+        index=index,
+        seq=np.asarray(frames.data["seq"])[index],
+        frame=np.asarray(frames.data["frame"])[index],
+        person=np.asarray(frames.data["person"])[index],
+        pose=predictions["pose"].astype(np.float32),
+        betas=predictions["betas"].astype(np.float32),
+        joints14=joints14(vertices, regressor).astype(np.float32),
+    )
+
+
+def print_summary(cfg: DictConfig, metrics: dict, scorable: bool, out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not scorable:
+        console.print(f"target has no ground truth: predictions written to {out_dir / 'predictions.npz'}")
+        return
+    table = Table(title=f"{cfg.dataset.name} target, adapter.levels={cfg.adapter.levels} (mm)")
+    table.add_column("model")
+    for name in METRICS:
+        table.add_column(name.upper().replace("_", "-"), justify="right")
+    for label, prefix in (("source only", "source_"), ("adapted", "")):
+        table.add_row(label, *(f"{metrics.get(prefix + m, float('nan')):.1f}" for m in METRICS))
+    console.print(table)
+    console.print(f"run dir: {out_dir}")

@@ -1,14 +1,147 @@
-"""`run(cfg)` behind train.py: build the cached assets, then train the source model."""
+"""`run(cfg)` behind train.py: source-model training and video-encoder pretraining.
+
+task=source: train the regressor SPIN-style on the source split, fit the projection head P that
+level 3 aligns with the frozen video encoder (pretraining it first if missing), save the source
+checkpoint and print source-only errors on the source test split and the target (the domain gap).
+task=videomae: self-supervised masked-autoencoder pretraining of the video encoder on source clips.
+"""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import logging
+from pathlib import Path
 
-from cemr.runtime import prepare_assets, seed_everything
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from cemr.data.clips import ClipDataset
+from cemr.evaluation.report import score_dataset, summarize_errors
+from cemr.models import VideoMAEPretrainer, load_checkpoint, save_checkpoint
+from cemr.prediction import predict_frames
+from cemr.runtime import (
+    build_body_model,
+    build_body_models,
+    build_datamodule,
+    build_trainer,
+    prepare_assets,
+    save_config,
+    seed_everything,
+)
+from cemr.train.module import SourceModule, VideoMAEModule
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
     prepare_assets(cfg)
-    print("CEMR: assets ready; source training (issue 5) is not built yet.")
-    return {}
+    save_config(cfg, cfg.paths.output_dir)
+    if cfg.task == "videomae":
+        train_video_encoder(cfg)
+        return {}
+    if cfg.task != "source":
+        raise ValueError(f"task='{cfg.task}' is unknown; expected 'source' or 'videomae'")
+    train_source(cfg)
+    return evaluate_source(cfg)
+
+
+def train_source(cfg: DictConfig) -> Path:
+    """Train the configured backbone on the source split and save it with its projection head."""
+    data = build_datamodule(cfg, batch_size=cfg.training.batch_size)
+    model = instantiate(cfg.backbone)
+    module = SourceModule(
+        model, build_body_model(cfg.body), cfg.training, cfg.focal_length, cfg.backbone.crop_size
+    )
+    checkpoints = ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", save_last=True)
+    trainer = build_trainer(cfg, callbacks=[checkpoints], max_epochs=cfg.training.max_epochs)
+    trainer.fit(module, data.train_dataloader(), ckpt_path=cfg.training.resume_from)
+    align_head = fit_align_head(cfg, model, data.source)
+    path = save_checkpoint(
+        cfg.training.checkpoint, model, cfg.backbone, extra={"align_head": align_head.state_dict()}
+    )
+    print(f"source model saved to {path}")
+    return path
+
+
+def load_video_encoder(cfg: DictConfig) -> torch.nn.Module:
+    """The frozen level-3 video encoder, pretrained first (task=videomae) when its checkpoint is missing."""
+    if not Path(cfg.training.video_encoder_checkpoint).is_file():
+        train_video_encoder(cfg)
+    encoder = load_checkpoint(cfg.training.video_encoder_checkpoint).model
+    return encoder.eval().requires_grad_(False)
+
+
+def train_video_encoder(cfg: DictConfig) -> Path:
+    """VideoMAE pretraining (tube masking, masked-pixel MSE) on clips of the source split."""
+    vm = cfg.training.videomae
+    encoder = instantiate(cfg.video_encoder)
+    clips = ClipDataset(
+        build_datamodule(cfg).source, cfg.video_encoder.num_frames, stride=cfg.video_encoder.num_frames // 2
+    )
+    loader = DataLoader(
+        clips,
+        batch_size=vm.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        num_workers=cfg.training.num_workers,
+    )
+    module = VideoMAEModule(
+        VideoMAEPretrainer.from_encoder(encoder, mask_ratio=vm.mask_ratio), vm.lr, cfg.seed
+    )
+    trainer = build_trainer(cfg, max_epochs=vm.max_epochs)
+    trainer.fit(module, loader)
+    path = save_checkpoint(cfg.training.video_encoder_checkpoint, encoder, cfg.video_encoder)
+    print(f"video encoder saved to {path}")
+    return path
+
+
+def fit_align_head(cfg: DictConfig, model: torch.nn.Module, frames) -> torch.nn.Module:
+    """Fit P: mean-pooled per-frame trunk features of a clip -> the frozen video embedding of the clip.
+
+    Level 3 aligns the adapted model's P(features) with E_video(clip) by cosine, so P is trained on the
+    source clips with the same cosine loss, on frozen features.
+    """
+    encoder = load_video_encoder(cfg)
+    clips = ClipDataset(frames, cfg.video_encoder.num_frames, stride=cfg.video_encoder.num_frames // 2)
+    features, targets = [], []
+    model.eval()
+    with torch.no_grad():
+        for clip in DataLoader(clips, batch_size=4, num_workers=cfg.training.num_workers):
+            b, _, t = clip["img"].shape[:3]
+            per_frame = model.extract_features(clip["img"].transpose(1, 2).flatten(0, 1))
+            features.append(per_frame.reshape(b, t, -1).mean(1))
+            targets.append(encoder(clip["img"]))
+    features, targets = torch.cat(features), torch.cat(targets)
+    head = torch.nn.Linear(features.shape[1], targets.shape[1])
+    optimizer = torch.optim.Adam(head.parameters(), lr=cfg.training.align.lr)
+    for _ in range(cfg.training.align.epochs):
+        loss = (1 - torch.nn.functional.cosine_similarity(head(features), targets)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    print(f"projection head P: alignment 1 - cos = {loss.item():.4f} on {len(features)} source clips")
+    return head
+
+
+def evaluate_source(cfg: DictConfig) -> dict[str, float]:
+    """Source-model errors (mm) on the source test split and on the target: the gap adaptation must close."""
+    model = load_checkpoint(cfg.training.checkpoint).model
+    body_models = build_body_models(cfg.body)
+    regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
+    data = build_datamodule(cfg)
+    splits = {"target": data.target}
+    if cfg.dataset.get("source_test_split"):
+        splits = {"source_test": data._dataset(cfg.dataset.source_test_split, "gt"), **splits}
+    metrics = {}
+    for name, frames in splits.items():
+        errors = score_dataset(predict_frames(model, frames), frames, body_models, regressor)
+        for key, value in summarize_errors(errors).items():
+            metrics[f"{name}_{key}"] = value
+        print(
+            f"source model on {name:11s}: MPJPE {metrics[f'{name}_mpjpe']:6.1f}  "
+            f"PA-MPJPE {metrics[f'{name}_pa_mpjpe']:6.1f}  PVE {metrics[f'{name}_pve']:6.1f} mm"
+        )
+    return metrics

@@ -1,0 +1,105 @@
+"""The losses of the three MiRRo levels (shared/DESIGN.md section 2), as pure functions of tensors.
+
+Keypoints are in normalised crop units [-1, 1] with a confidence column; 3D joints in metres.
+Every loss is a mean over the batch, so loss weights do not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cemr.geometry import rotmat_to_axis_angle
+
+# The 24 "GT" joints of the 49-joint SPIN set; pelvis is the midpoint of their hips (indices 2, 3).
+GT_JOINTS = slice(25, 49)
+
+
+def keypoint_2d(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Confidence-weighted squared 2D error, SPIN's: mean over (B, J, 2) of conf * (pred - xy)^2.
+
+    pred (B, J, 2), target (B, J, 3) with (x, y, conf); slots with conf 0 (missing) add nothing.
+    """
+    conf = target[..., 2:]
+    return (conf * (pred - target[..., :2]) ** 2).mean()
+
+
+def shape_prior(betas: torch.Tensor) -> torch.Tensor:
+    """Squared norm of the shape coefficients, (B, 10) -> mean over the batch of sum beta^2."""
+    return (betas**2).sum(-1).mean()
+
+
+def pose_prior(prior: torch.nn.Module, rotmat: torch.Tensor) -> torch.Tensor:
+    """GMM max-mixture prior on the 23 body joints: rotmat (B, 24, 3, 3) -> mean cost."""
+    body_pose = rotmat_to_axis_angle(rotmat[:, 1:]).reshape(rotmat.shape[0], 69)
+    return prior(body_pose).mean()
+
+
+def motion_consistency(
+    pred_now: torch.Tensor, pred_before: torch.Tensor, target_now: torch.Tensor, target_before: torch.Tensor
+) -> torch.Tensor:
+    """The predicted 2D displacement between frames t-k and t should equal the keypoints' displacement.
+
+    pred_* (B, J, 2), target_* (B, J, 3). A joint counts with the smaller of its two confidences.
+    """
+    conf = torch.minimum(target_now[..., 2:], target_before[..., 2:])
+    pred_motion = pred_now - pred_before
+    target_motion = target_now[..., :2] - target_before[..., :2]
+    return (conf * (pred_motion - target_motion) ** 2).mean()
+
+
+def teacher_consistency(student, teacher) -> torch.Tensor:
+    """Mean-teacher loss between BodyPredictions (teacher detached): 2D, 3D joints, betas, root rotation."""
+    return (
+        F.mse_loss(student.keypoints_2d, teacher.keypoints_2d.detach())
+        + F.mse_loss(student.joints, teacher.joints.detach())
+        + F.mse_loss(student.betas, teacher.betas.detach())
+        + F.mse_loss(student.rotmat[:, 0], teacher.rotmat[:, 0].detach())
+    )
+
+
+def centered_gt_joints(joints: torch.Tensor) -> torch.Tensor:
+    """(B, 24, C) joints in the 24 GT order -> centred at the midpoint of their hips (SPIN)."""
+    pelvis = (joints[:, 2, :3] + joints[:, 3, :3]) / 2
+    return joints[..., :3] - pelvis[:, None]
+
+
+def joints_3d(pred_gt24: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Visibility-weighted squared error of hip-centred 3D joints; pred (B, 24, 3), target (B, 24, 4)."""
+    vis = target[..., 3:]
+    return (vis * (centered_gt_joints(pred_gt24) - centered_gt_joints(target)) ** 2).mean()
+
+
+def smpl_parameters(
+    pred_rotmat: torch.Tensor,
+    pred_betas: torch.Tensor,
+    gt_rotmat: torch.Tensor,
+    gt_betas: torch.Tensor,
+    has_smpl: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPIN's parameter losses over the samples with SMPL labels: (MSE of rotation matrices, MSE of betas)."""
+    mask = has_smpl.to(pred_rotmat.dtype).flatten()
+    if mask.sum() == 0:
+        zero = pred_rotmat.sum() * 0
+        return zero, zero
+    pose_err = ((pred_rotmat - gt_rotmat) ** 2).flatten(1).mean(1)
+    beta_err = ((pred_betas - gt_betas) ** 2).mean(1)
+    return (pose_err * mask).sum() / mask.sum(), (beta_err * mask).sum() / mask.sum()
+
+
+def video_alignment(frame_embedding: torch.Tensor, video_embedding: torch.Tensor) -> torch.Tensor:
+    """1 - cos(P(mean per-frame features), E_video(clip)), both (B, D); the video side is frozen."""
+    return (1 - F.cosine_similarity(frame_embedding, video_embedding.detach(), dim=-1)).mean()
+
+
+def shape_consistency(betas: torch.Tensor) -> torch.Tensor:
+    """One person keeps one shape: variance of beta over a track's T frames, (T, 10) -> mean over dims."""
+    return betas.var(dim=0, unbiased=False).mean()
+
+
+def smoothness(joints: torch.Tensor) -> torch.Tensor:
+    """Mean norm of the 3D joint acceleration X[t-1] - 2 X[t] + X[t+1] over a (T, J, 3) track (0 if T < 3)."""
+    if joints.shape[0] < 3:
+        return joints.sum() * 0
+    accel = joints[:-2] - 2 * joints[1:-1] + joints[2:]
+    return accel.norm(dim=-1).mean()

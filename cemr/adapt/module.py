@@ -1,0 +1,355 @@
+"""AdaptationModule: MiRRo test-time adaptation while streaming target frames in time order.
+
+Per frame t (batch of one frame of one track), with `adapter.levels = N`:
+  1. frame: a learn2learn MAML clone takes `inner.steps` steps on L_frame(t);
+  2. temporal: the clone is scored on frame t, frame t-k (motion), the EMA teacher and replayed source
+     samples; that loss updates the base weights (outer step), repeated while the head feature moved
+     more than tau (dynamic stopping);
+  3. clip: every `clip.stride` frames, a bilevel step on the track's last `clip.length` frames.
+Then the prediction for frame t is recorded: the base model's after its step (the clone's at level 1,
+which never changes the base weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import deque
+
+import learn2learn as l2l
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cemr.adapt import levels
+from cemr.adapt.teacher import ema_update, make_teacher
+from cemr.evaluation.metrics import pa_mpjpe
+from cemr.evaluation.protocol import joints14
+from cemr.geometry import rotmat_to_axis_angle
+from cemr.prediction import BodyPrediction, decode
+
+
+class AdaptationModule(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        body_model: nn.Module,
+        pose_prior: nn.Module,
+        adapter,
+        focal_length: float,
+        crop_size: int,
+        video_encoder: nn.Module | None = None,
+        align_head: nn.Module | None = None,
+        replay_source=None,
+        replay_weights=None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        self.body_model = body_model
+        self.pose_prior = pose_prior
+        self.cfg = adapter
+        self.focal_length = focal_length
+        self.crop_size = crop_size
+        self.video_encoder = video_encoder
+        self.align_head = align_head
+        self.replay_source = replay_source  # (ReplayBank, dataset) or None
+        self.replay_weights = replay_weights  # the source-training loss weights
+        self.learner = l2l.algorithms.MAML(
+            self.model,
+            lr=adapter.inner.lr,
+            first_order=adapter.inner.first_order,
+            allow_unused=True,
+            allow_nograd=True,
+        )
+        self.teacher = make_teacher(model) if adapter.teacher.enabled and adapter.levels >= 2 else None
+        for frozen in (self.body_model, self.pose_prior, self.video_encoder, self.align_head):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+        self.source_state = copy.deepcopy(model.state_dict())
+        self.replay_generator = torch.Generator().manual_seed(seed)
+        history = max(adapter.motion.interval + 1, adapter.clip.length)
+        self.history: deque[dict[str, torch.Tensor]] = deque(maxlen=history)
+        self.track: tuple[int, int] | None = None
+        self.frames_in_track = 0
+        self.counters = {"outer_steps": 0, "extra_steps": 0, "clip_steps": 0, "skipped_steps": 0}
+        self.records: list[dict[str, torch.Tensor]] = []
+        self._pending_optimizer_states: list[dict] | None = None
+        self._running_pa_mpjpe: list[float] = []
+
+    # ------------------------------------------------------------------ plumbing
+
+    def configure_optimizers(self):
+        outer = torch.optim.Adam(
+            self.model.parameters(), lr=self.cfg.outer.lr, betas=tuple(self.cfg.outer.betas)
+        )
+        clip = torch.optim.Adam(
+            self.model.parameters(), lr=self.cfg.clip.lr, betas=tuple(self.cfg.outer.betas)
+        )
+        return [outer, clip]
+
+    def on_train_start(self) -> None:
+        if self._pending_optimizer_states is not None:
+            pairs = zip(self.optimizers(use_pl_optimizer=False), self._pending_optimizer_states, strict=True)
+            for opt, state in pairs:
+                opt.load_state_dict(state)
+            self._pending_optimizer_states = None
+        self.model.eval()  # no dropout; BatchNorm (if any) keeps its source statistics
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    def predict_body(self, net: nn.Module, images: torch.Tensor) -> BodyPrediction:
+        return decode(net(images), self.body_model, self.focal_length, self.crop_size)
+
+    def _step(self, optimizer, loss: torch.Tensor) -> bool:
+        """One optimiser step on a finite loss; a non-finite loss (or gradient) is skipped and counted."""
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.counters["skipped_steps"] += 1
+            return False
+        self.manual_backward(loss)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not all(torch.isfinite(g).all() for g in grads):
+            optimizer.zero_grad(set_to_none=True)
+            self.counters["skipped_steps"] += 1
+            return False
+        optimizer.step()
+        return True
+
+    def _start_track(self, track: tuple[int, int]) -> None:
+        new_sequence = self.track is None or track[0] != self.track[0]
+        self.track, self.frames_in_track = track, 0
+        self.history.clear()
+        if new_sequence and self.cfg.reset == "sequence":
+            self.reset_to_source()
+
+    def reset_to_source(self) -> None:
+        """Restart from the source weights, a fresh optimiser state and teacher (CycleAdapt's protocol)."""
+        self.model.load_state_dict(self.source_state)
+        if self.teacher is not None:
+            self.teacher.load_state_dict(self.source_state)
+        for opt in self.optimizers(use_pl_optimizer=False) if self._trainer else []:
+            opt.state.clear()
+
+    # ------------------------------------------------------------------ levels
+
+    def _adapted_clone(self, images: torch.Tensor, keypoints: torch.Tensor):
+        """Level 1: a MAML clone after `inner.steps` steps on L_frame."""
+        clone = self.learner.clone()
+        for _ in range(self.cfg.inner.steps):
+            loss, _ = levels.frame_objective(
+                self.predict_body(clone, images), keypoints, self.pose_prior, self.cfg.loss_weights
+            )
+            if not torch.isfinite(loss):
+                self.counters["skipped_steps"] += 1
+                return self.learner.clone()
+            clone.adapt(loss)
+        return clone
+
+    def _outer_loss(self, clone, frame: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Level 2: the clone scored on frame t, its context t-k, the teacher and replayed source samples."""
+        cfg, w = self.cfg, self.cfg.loss_weights
+        images, keypoints = [frame["img"]], [frame["keypoints"]]
+        earlier = (
+            self.history[-cfg.motion.interval]
+            if cfg.motion.enabled and len(self.history) >= cfg.motion.interval
+            else None
+        )
+        if earlier is not None:
+            images.append(earlier["img"])
+            keypoints.append(earlier["keypoints"])
+        source = (
+            self._retrieve_source(frame["feature"]) if cfg.replay.enabled and self.replay_source else None
+        )
+        if source is not None:
+            images.append(source["img"])
+        pred = self.predict_body(clone, torch.cat(images))
+        b = frame["img"].shape[0]
+        now = _slice(pred, 0, b)
+        loss, parts = levels.frame_objective(now, frame["keypoints"], self.pose_prior, w)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_pred = self.predict_body(self.teacher, frame["img"])
+            parts["teacher"] = w.teacher * levels.losses.teacher_consistency(now, teacher_pred)
+        if earlier is not None:
+            before = _slice(pred, b, 2 * b)
+            parts["motion"] = w.motion * levels.losses.motion_consistency(
+                now.keypoints_2d, before.keypoints_2d, frame["keypoints"], earlier["keypoints"]
+            )
+        if source is not None:
+            start = b * (2 if earlier is not None else 1)
+            replay, _ = levels.labelled_objective(
+                _slice(pred, start, pred.rotmat.shape[0]), source, self.replay_weights
+            )
+            parts["replay"] = w.replay * replay
+        total = loss + sum(v for k, v in parts.items() if k in ("teacher", "motion", "replay"))
+        return total, parts
+
+    def _retrieve_source(self, feature: torch.Tensor) -> dict[str, torch.Tensor]:
+        bank, dataset = self.replay_source
+        idx = bank.retrieve(feature[0], self.cfg.replay.samples, self.replay_generator)
+        items = [dataset[i] for i in idx]
+        keys = ("img", "keypoints", "pose", "betas", "joints3d", "has_smpl")
+        return {
+            k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(self.device).float() for k in keys
+        }
+
+    def _clip_step(self) -> None:
+        """Level 3: adapt a clone on the first half of the clip, score it on the second, update theta."""
+        frames = list(self.history)[-self.cfg.clip.length :]
+        images = torch.cat([f["img"] for f in frames])
+        keypoints = torch.cat([f["keypoints"] for f in frames])
+        video_embedding = None
+        if self.video_encoder is not None and self.align_head is not None:
+            with torch.no_grad():
+                video_embedding = self.video_encoder(images.transpose(0, 1)[None])
+        half = len(frames) // 2
+        w = self.cfg.loss_weights
+        clone = self.learner.clone()
+        inner, _ = levels.clip_objective(
+            self.predict_body(clone, images[:half]), keypoints[:half], video_embedding, self.align_head, w
+        )
+        if not torch.isfinite(inner):
+            self.counters["skipped_steps"] += 1
+            return
+        clone.adapt(inner)
+        outer, parts = levels.clip_objective(
+            self.predict_body(clone, images[half:]), keypoints[half:], video_embedding, self.align_head, w
+        )
+        if self._step(self.optimizers()[1], outer):
+            self.counters["clip_steps"] += 1
+            self._log_parts("clip", parts)
+
+    # ------------------------------------------------------------------ the stream
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        track = (int(batch["seq_id"][0]), int(batch["person"][0]))
+        if track != self.track:
+            self._start_track(track)
+        images, keypoints = batch["img"], batch["keypoints"].to(batch["img"].dtype)
+        frame = {"img": images, "keypoints": keypoints}
+        levels_on = self.cfg.levels
+        with torch.no_grad():
+            before = self.predict_body(self.model, images)
+        frame["feature"] = before.feature
+        final = before
+        if levels_on == 1:
+            final = self.predict_body(self._adapted_clone(images, keypoints), images)
+        elif levels_on >= 2:
+            final = self._temporal_steps(frame, before)
+        self.history.append({"img": images.detach(), "keypoints": keypoints.detach()})
+        self.frames_in_track += 1
+        if (
+            levels_on >= 3
+            and len(self.history) >= self.cfg.clip.length
+            and self.frames_in_track % self.cfg.clip.stride == 0
+        ):
+            self._clip_step()
+            with torch.no_grad():
+                final = self.predict_body(self.model, images)
+        self._record(batch, final)
+
+    def _temporal_steps(self, frame: dict[str, torch.Tensor], before: BodyPrediction) -> BodyPrediction:
+        """Outer steps with dynamic stopping; returns the base model's prediction after the last step."""
+        stopping = self.cfg.stopping
+        max_steps = 1 + (stopping.max_extra_steps if stopping.enabled else 0)
+        feat_before, after = before.head_feature, before
+        for step in range(max_steps):
+            clone = self._adapted_clone(frame["img"], frame["keypoints"])
+            loss, parts = self._outer_loss(clone, frame)
+            if not self._step(self.optimizers()[0], loss):
+                break
+            self.counters["outer_steps"] += 1
+            self.counters["extra_steps"] += int(step > 0)
+            if self.teacher is not None:
+                ema_update(self.teacher, self.model, self.cfg.teacher.ema)
+            with torch.no_grad():
+                after = self.predict_body(self.model, frame["img"])
+            if step == 0:
+                self._log_parts("frame", parts)
+            discrepancy = 1 - F.cosine_similarity(feat_before, after.head_feature, dim=-1).mean()
+            if not stopping.enabled or discrepancy <= stopping.tau:
+                break
+            feat_before = after.head_feature
+        return after
+
+    def _record(self, batch: dict[str, torch.Tensor], pred: BodyPrediction) -> None:
+        pose = rotmat_to_axis_angle(pred.rotmat.detach()).reshape(-1, 72)
+        self.records.append(
+            {
+                "index": batch["index"].detach().cpu(),
+                "pose": pose.float().cpu(),
+                "betas": pred.betas.detach().float().cpu(),
+            }
+        )
+        if bool(batch["has_smpl"].all()):
+            self._running_pa_mpjpe.append(self._pa_mpjpe_mm(batch, pred))
+            running = sum(self._running_pa_mpjpe) / len(self._running_pa_mpjpe)
+            self.log("running_pa_mpjpe", running, on_step=True, prog_bar=True, batch_size=1)
+
+    @torch.no_grad()
+    def _pa_mpjpe_mm(self, batch: dict[str, torch.Tensor], pred: BodyPrediction) -> float:
+        """PA-MPJPE of this frame against the neutral-body GT, for the progress bar only (metrics.json
+        is scored afterwards with the gendered GT)."""
+        gt_pose = batch["pose"].to(pred.vertices.dtype)
+        gt = self.body_model(
+            betas=batch["betas"].to(gt_pose.dtype), body_pose=gt_pose[:, 3:], global_orient=gt_pose[:, :3]
+        )
+        regressor = self.body_model.J_regressor_h36m
+        errors = pa_mpjpe(joints14(pred.vertices, regressor), joints14(gt.vertices, regressor))
+        return float(errors.mean()) * 1000.0
+
+    def _log_parts(self, level: str, parts: dict[str, torch.Tensor]) -> None:
+        for name, value in parts.items():
+            value = float(value.detach())
+            if math.isfinite(value):
+                self.log(f"{level}/{name}", value, on_step=True, batch_size=1)
+        for name, value in self.counters.items():
+            self.log(f"count/{name}", float(value), on_step=True, batch_size=1)
+
+    # ------------------------------------------------------------------ resume
+
+    def resume_state(self) -> dict:
+        """Everything the stream's future depends on (weights, teacher, optimisers, history, RNG, records)."""
+        optimizers = [opt.state_dict() for opt in self.optimizers(use_pl_optimizer=False)]
+        return {
+            "model": self.model.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "optimizers": optimizers,
+            "replay_generator": self.replay_generator.get_state(),
+            "history": [dict(frame) for frame in self.history],
+            "track": list(self.track) if self.track is not None else None,
+            "frames_in_track": self.frames_in_track,
+            "counters": dict(self.counters),
+            "records": self.records,
+        }
+
+    def load_resume_state(self, path) -> int:
+        """Restore a `resume_state` file (weights_only); returns how many frames it had adapted."""
+        from cemr.data.safe_io import load_torch
+
+        state = load_torch(path)
+        self.model.load_state_dict(state["model"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self._pending_optimizer_states = state["optimizers"]
+        self.replay_generator.set_state(state["replay_generator"])
+        self.history.clear()
+        self.history.extend(state["history"])
+        self.track = tuple(state["track"]) if state["track"] is not None else None
+        self.frames_in_track = state["frames_in_track"]
+        self.counters.update(state["counters"])
+        self.records = list(state["records"])
+        return len(self.records)
+
+    def predictions(self) -> dict[str, torch.Tensor]:
+        """All recorded frames in stream order: index (N,), pose (N, 72), betas (N, 10)."""
+        if not self.records:
+            raise RuntimeError("no frames were adapted: the target stream is empty")
+        return {k: torch.cat([r[k] for r in self.records]) for k in self.records[0]}
+
+
+def _slice(pred: BodyPrediction, start: int, stop: int) -> BodyPrediction:
+    return BodyPrediction(**{k: v[start:stop] for k, v in vars(pred).items()})

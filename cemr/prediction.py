@@ -1,0 +1,85 @@
+"""From a regressor's output to a posed body and its 2D keypoints in the crop (shared by train and adapt)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cemr.geometry import perspective_projection, weak_perspective_to_translation
+
+
+@dataclass
+class BodyPrediction:
+    """A batch of predicted bodies; B may be B*T for sequence models."""
+
+    rotmat: torch.Tensor  # (B, 24, 3, 3) global orient first
+    betas: torch.Tensor  # (B, 10)
+    cam: torch.Tensor  # (B, 3) weak-perspective (s, tx, ty) in the crop
+    vertices: torch.Tensor  # (B, V, 3) metres, root-relative SMPL frame
+    joints: torch.Tensor  # (B, 49, 3) SPIN joints, metres
+    keypoints_2d: torch.Tensor  # (B, 49, 2) projection in normalised crop units [-1, 1]
+    feature: torch.Tensor  # (B, C) pooled trunk feature
+    head_feature: torch.Tensor  # (B, 1024) regressor's inner feature (dynamic stopping)
+
+
+def project_to_crop(
+    joints: torch.Tensor, cam: torch.Tensor, focal_length: float, crop_size: int
+) -> torch.Tensor:
+    """(B, J, 3) joints and (B, 3) crop cameras -> (B, J, 2) keypoints in [-1, 1] crop units (SPIN)."""
+    translation = weak_perspective_to_translation(cam, focal_length, crop_size)
+    return perspective_projection(joints, translation, focal_length) / (crop_size / 2.0)
+
+
+def decode(output, body_model, focal_length: float, crop_size: int) -> BodyPrediction:
+    """Pose the body model with a regressor output (anything with rotmat, betas, cam, feature, head_feature).
+
+    Leading dims beyond the batch (e.g. VIBE's time) are flattened into the batch.
+    """
+    rotmat = output.rotmat.reshape(-1, 24, 3, 3)
+    betas = output.betas.reshape(-1, output.betas.shape[-1])
+    cam = output.cam.reshape(-1, 3)
+    body = body_model(betas=betas, body_pose=rotmat[:, 1:], global_orient=rotmat[:, :1])
+    return BodyPrediction(
+        rotmat=rotmat,
+        betas=betas,
+        cam=cam,
+        vertices=body.vertices,
+        joints=body.joints,
+        keypoints_2d=project_to_crop(body.joints, cam, focal_length, crop_size),
+        feature=output.feature.reshape(rotmat.shape[0], -1),
+        head_feature=output.head_feature.reshape(rotmat.shape[0], -1),
+    )
+
+
+@torch.no_grad()
+def predict_frames(
+    model: torch.nn.Module, frames, batch_size: int = 64, num_workers: int = 0, features: bool = False
+) -> dict:
+    """The model's (no adaptation) SMPL parameters for every row of a dataset, in row order.
+
+    Returns numpy arrays: index (N,), pose (N, 72) axis-angle, betas (N, 10), and with `features`
+    the pooled trunk feature (N, C).
+    """
+    from torch.utils.data import DataLoader
+
+    from cemr.geometry import rotmat_to_axis_angle
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    poses, betas, feats = [], [], []
+    for batch in DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        out = model(batch["img"].to(device))
+        poses.append(rotmat_to_axis_angle(out.rotmat.float()).reshape(-1, 72).cpu())
+        betas.append(out.betas.float().cpu())
+        feats.append(out.feature.float().cpu())
+    model.train(was_training)
+    result = {
+        "index": torch.arange(len(frames)).numpy(),
+        "pose": torch.cat(poses).numpy(),
+        "betas": torch.cat(betas).numpy(),
+    }
+    if features:
+        result["feature"] = torch.cat(feats).numpy()
+    return result

@@ -1,0 +1,62 @@
+"""SourceModule: SPIN-style supervised training of the regressor on the source domain."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from cemr.adapt.levels import labelled_objective
+from cemr.prediction import decode
+
+
+class SourceModule(L.LightningModule):
+    """Trains `model` with 2D keypoint, 3D joint and SMPL pose/shape losses (weights from config)."""
+
+    def __init__(
+        self, model: nn.Module, body_model: nn.Module, training, focal_length: float, crop_size: int
+    ):
+        super().__init__()
+        self.model = model
+        self.body_model = body_model.requires_grad_(False)
+        self.cfg = training
+        self.focal_length = focal_length
+        self.crop_size = crop_size
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        pred = decode(self.model(batch["img"]), self.body_model, self.focal_length, self.crop_size)
+        loss, parts = labelled_objective(pred, _as_float(batch, pred.rotmat.dtype), self.cfg.loss_weights)
+        bs = batch["img"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=bs)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+
+def _as_float(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+
+
+class VideoMAEModule(L.LightningModule):
+    """Masked-autoencoder pretraining of the level-3 video encoder (tube masks from a seeded generator)."""
+
+    def __init__(self, pretrainer: nn.Module, lr: float, seed: int = 0):
+        super().__init__()
+        self.pretrainer = pretrainer
+        self.lr = lr
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        clip = batch["img"]
+        mask = self.pretrainer.make_mask(clip.shape[0], generator=self.generator).to(clip.device)
+        loss = self.pretrainer.loss(clip, mask)
+        self.log("videomae/loss", loss, prog_bar=True, batch_size=clip.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(
+            self.pretrainer.parameters(), lr=self.lr, betas=(0.9, 0.95), weight_decay=0.05
+        )

@@ -1,0 +1,189 @@
+"""AdaptationModule behaviour on a tiny model and a fabricated stream: which weights each level
+touches, sequence resets, NaN frames, dynamic stopping bounds and kill/resume equivalence."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from cemr.adapt.module import AdaptationModule
+from cemr.adapt.resume import StreamCheckpoint, remaining_stream
+from cemr.body import MaxMixturePrior, load_body_model
+from cemr.models import HMR
+from tests.conftest import compose_config
+
+CROP = 32
+
+
+def adapter_cfg(**overrides):
+    cfg = compose_config("adapt").adapter
+    merged = OmegaConf.merge(cfg, OmegaConf.create(overrides))
+    merged.replay.enabled = False
+    merged.stopping.enabled = "stopping" in overrides
+    merged.inner.lr, merged.outer.lr, merged.clip.lr = 1e-4, 1e-4, 1e-4
+    merged.clip.length, merged.clip.stride = 4, 4
+    return merged
+
+
+class Stream(Dataset):
+    """Frames of (seq, person) tracks with random crops and keypoints; `nan_at` poisons one frame."""
+
+    def __init__(self, tracks: list[tuple[int, int]], nan_at: int | None = None, seed: int = 0):
+        self.tracks = tracks
+        gen = torch.Generator().manual_seed(seed)
+        n = len(tracks)
+        self.img = torch.randn(n, 3, CROP, CROP, generator=gen)
+        self.kp = torch.cat([torch.rand(n, 49, 2, generator=gen) * 1.6 - 0.8, torch.ones(n, 49, 1)], -1)
+        if nan_at is not None:
+            self.kp[nan_at, :, :2] = float("nan")
+
+    def __len__(self):
+        return len(self.tracks)
+
+    def __getitem__(self, i):
+        seq, person = self.tracks[i]
+        return {
+            "img": self.img[i],
+            "keypoints": self.kp[i],
+            "seq_id": torch.tensor(seq),
+            "person": torch.tensor(person),
+            "index": torch.tensor(i),
+            "has_smpl": torch.tensor(0.0),
+            "pose": torch.zeros(72),
+            "betas": torch.zeros(10),
+        }
+
+
+@pytest.fixture(scope="module")
+def parts(synthetic_body_dir):
+    body = load_body_model(synthetic_body_dir, "neutral")
+    prior = MaxMixturePrior.from_file(synthetic_body_dir / "gmm_08.pkl")
+    return body, prior, synthetic_body_dir / "smpl_mean_params.npz"
+
+
+def make_module(parts, cfg, seed=0):
+    body, prior, mean_params = parts
+    torch.manual_seed(seed)
+    model = HMR(
+        mean_params, trunk="resnet18", trunk_kwargs={"channels": [8, 8, 16, 16]}, norm="group", crop_size=CROP
+    )
+    return AdaptationModule(model, body, prior, cfg, focal_length=5000.0, crop_size=CROP, seed=seed)
+
+
+def stream_through(module, stream, callbacks=(), loader=None):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        callbacks=list(callbacks),
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, loader or DataLoader(stream, batch_size=1))
+    return module
+
+
+def weights(module):
+    return {k: v.clone() for k, v in module.model.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_level_one_adapts_a_clone_and_leaves_the_base_weights(parts):
+    module = make_module(parts, adapter_cfg(levels=1))
+    before = weights(module)
+    stream_through(module, Stream([(0, 0)] * 3))
+    assert same(before, weights(module))
+    preds = module.predictions()
+    # the scored prediction is the adapted clone's, not the source model's
+    source = make_module(parts, adapter_cfg(levels=0))
+    with torch.no_grad():
+        unadapted = source.model.eval()(Stream([(0, 0)] * 3).img[:1]).betas
+    assert not torch.allclose(preds["betas"][0], unadapted[0])
+
+
+def test_level_two_changes_the_base_weights_and_updates_the_teacher(parts):
+    module = make_module(parts, adapter_cfg(levels=2))
+    before = weights(module)
+    teacher_before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    stream_through(module, Stream([(0, 0)] * 3))
+    after = weights(module)
+    assert not same(before, after)
+    assert module.counters["outer_steps"] >= 3
+    assert not same(teacher_before, module.teacher.state_dict())
+    key = "regressor.decshape.weight"
+    t = module.teacher.state_dict()[key]
+    assert not torch.equal(t, after[key])  # the teacher trails the student (EMA 0.1), it is not a copy
+
+
+def test_reset_sequence_restarts_from_the_source_weights(parts):
+    tracks = [(0, 0)] * 3 + [(1, 0)] * 2
+    stream = Stream(tracks)
+    reset = stream_through(make_module(parts, adapter_cfg(levels=2, reset="sequence")), stream)
+    # sequence 1 alone from the source weights gives the same predictions as after the reset
+    alone = Stream([(1, 0)] * 2)
+    alone.img, alone.kp = stream.img[3:], stream.kp[3:]
+    fresh = stream_through(make_module(parts, adapter_cfg(levels=2, reset="sequence")), alone)
+    assert torch.allclose(reset.predictions()["betas"][3:], fresh.predictions()["betas"], atol=1e-6)
+    carried = stream_through(make_module(parts, adapter_cfg(levels=2, reset="none")), stream)
+    assert not torch.allclose(carried.predictions()["betas"][3:], fresh.predictions()["betas"], atol=1e-6)
+
+
+def test_a_nan_frame_is_skipped_and_never_poisons_the_model(parts):
+    module = make_module(parts, adapter_cfg(levels=2))
+    stream_through(module, Stream([(0, 0)] * 4, nan_at=2))
+    assert module.counters["skipped_steps"] >= 1
+    assert all(torch.isfinite(v).all() for v in module.model.state_dict().values())
+    assert torch.isfinite(module.predictions()["pose"]).all()
+
+
+@pytest.mark.parametrize("tau,extra_per_frame", [(-1.0, 3), (10.0, 0)])
+def test_dynamic_stopping_bounds(parts, tau, extra_per_frame):
+    cfg = adapter_cfg(levels=2, stopping={"tau": tau, "max_extra_steps": 3})
+    module = stream_through(make_module(parts, cfg), Stream([(0, 0)] * 2))
+    assert module.counters["extra_steps"] == 2 * extra_per_frame
+    assert module.counters["outer_steps"] == 2 * (1 + extra_per_frame)
+
+
+def test_level_three_takes_clip_steps_every_stride(parts):
+    module = stream_through(make_module(parts, adapter_cfg(levels=3)), Stream([(0, 0)] * 8 + [(1, 0)] * 3))
+    assert module.counters["clip_steps"] == 2  # frames 4 and 8 of track 0; track 1 is too short
+    assert module.counters["skipped_steps"] == 0
+
+
+class Kill(L.Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if len(pl_module.records) == self.at:
+            raise RuntimeError("killed")
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(parts, tmp_path):
+    stream = Stream([(0, 0)] * 4 + [(1, 0)] * 3)
+    cfg = adapter_cfg(levels=3)
+    full = stream_through(make_module(parts, cfg), stream).predictions()
+    state = tmp_path / "adapt_state.pt"
+    with pytest.raises(RuntimeError, match="killed"):
+        stream_through(make_module(parts, cfg), stream, callbacks=[StreamCheckpoint(state, 2), Kill(5)])
+    resumed = make_module(parts, cfg)
+    done = resumed.load_resume_state(state)
+    assert done == 4  # the last checkpoint before the kill at frame 5
+    loader = remaining_stream(DataLoader(stream, batch_size=1), done)
+    stream_through(resumed, stream, loader=loader)
+    for key, value in full.items():
+        assert torch.equal(value, resumed.predictions()[key]), key
+
+
+def test_checkpoint_interval_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        StreamCheckpoint(tmp_path / "s.pt", 0)
