@@ -29,8 +29,19 @@ def prepare(node: DictConfig | None) -> Path | None:
     return instantiate(node)
 
 
+def check_body_matches_dataset(cfg: DictConfig) -> None:
+    """A dataset whose ground truth is defined in one body model must be scored with that model."""
+    needed = cfg.dataset.get("body") if "dataset" in cfg else None
+    if needed and "body" in cfg and cfg.body.name != needed:
+        raise ValueError(
+            f"dataset={cfg.dataset.name} has its ground truth in the '{needed}' body model, but body="
+            f"{cfg.body.name} is configured; add body={needed} to the command line"
+        )
+
+
 def prepare_assets(cfg: DictConfig) -> None:
     """Build everything the configured body model and dataset need, in dependency order."""
+    check_body_matches_dataset(cfg)
     for group in ("body", "dataset"):
         if group in cfg:
             prepare(cfg[group].get("prepare"))
@@ -74,11 +85,12 @@ def build_datamodule(cfg: DictConfig, **overrides):
     return CEMRDataModule.from_config(cfg.dataset, **{"seed": cfg.seed, **overrides})
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    """Instantiate every logger of the `logger` group (csv, wandb, ...); none for `logger=none`."""
+def build_loggers(cfg: DictConfig, phase: str) -> list:
+    """Every logger of the `logger` group (csv, wandb, ...), named after the phase (source, videomae,
+    adapt) so phases of one run log side by side; none for `logger=none`."""
     nodes = cfg.get("logger") or {}
-    return [instantiate(node) for node in nodes.values() if node is not None and "_target_" in node]
+    return [instantiate(node, name=phase) for node in nodes.values() if node is not None and "_target_" in node]
 
 
-def build_trainer(cfg: DictConfig, **overrides) -> lightning.Trainer:
-    return instantiate(cfg.trainer, logger=build_loggers(cfg) or False, **overrides)
+def build_trainer(cfg: DictConfig, phase: str, **overrides) -> lightning.Trainer:
+    return instantiate(cfg.trainer, logger=build_loggers(cfg, phase) or False, **overrides)

@@ -74,3 +74,14 @@ def test_cli_rejects_an_invalid_choice():
     assert out.returncode != 0
     assert "Could not find 'dataset/kinetics'" in out.stderr
     assert "Available options in 'dataset'" in out.stderr
+
+
+def test_3dpw_selects_real_smpl_and_a_mismatched_body_is_refused():
+    from cemr.runtime import check_body_matches_dataset
+
+    cfg = compose_config("adapt", ["dataset=3dpw"])
+    assert cfg.body.name == "smpl"
+    check_body_matches_dataset(cfg)
+    wrong = compose_config("adapt", ["dataset=3dpw", "body=synthetic"])
+    with pytest.raises(ValueError, match="add body=smpl"):
+        check_body_matches_dataset(wrong)

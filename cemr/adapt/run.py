@@ -108,6 +108,7 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path) -> dict:
     loader = remaining_stream(data.stream_dataloader(), done)
     trainer = build_trainer(
         cfg,
+        "adapt",
         max_epochs=1,
         callbacks=[StreamCheckpoint(state_path, ad.checkpoint_every)],
         use_distributed_sampler=False,

@@ -56,7 +56,8 @@ def train_source(cfg: DictConfig) -> Path:
         model, build_body_model(cfg.body), cfg.training, cfg.focal_length, cfg.backbone.crop_size
     )
     checkpoints = ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", save_last=True)
-    trainer = build_trainer(cfg, callbacks=[checkpoints], max_epochs=cfg.training.max_epochs)
+    trainer = build_trainer(cfg, "source", callbacks=[checkpoints], max_epochs=cfg.training.max_epochs,
+                            gradient_clip_val=cfg.training.gradient_clip_val)
     trainer.fit(module, data.train_dataloader(), ckpt_path=cfg.training.resume_from)
     align_head = fit_align_head(cfg, model, data.source)
     path = save_checkpoint(
@@ -91,7 +92,7 @@ def train_video_encoder(cfg: DictConfig) -> Path:
     module = VideoMAEModule(
         VideoMAEPretrainer.from_encoder(encoder, mask_ratio=vm.mask_ratio), vm.lr, cfg.seed
     )
-    trainer = build_trainer(cfg, max_epochs=vm.max_epochs)
+    trainer = build_trainer(cfg, "videomae", max_epochs=vm.max_epochs, enable_checkpointing=False)
     trainer.fit(module, loader)
     path = save_checkpoint(cfg.training.video_encoder_checkpoint, encoder, cfg.video_encoder)
     print(f"video encoder saved to {path}")

@@ -1,0 +1,68 @@
+"""`run(cfg)` behind evaluate.py: re-score a finished run (or every job of a multirun sweep) from its
+predictions.npz against the dataset's ground truth, and tabulate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from cemr.evaluation.report import score_dataset, summarize_errors
+from cemr.runtime import build_body_models, build_datamodule
+
+COLUMNS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
+
+
+def rescore(run_dir: str | Path) -> dict[str, float]:
+    """Scores of one run dir (config.yaml + predictions.npz), computed afresh (mm)."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "predictions.npz"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir}: no {name}; is this the output dir of `python adapt.py`?")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    with np.load(run_dir / "predictions.npz", allow_pickle=False) as f:
+        predictions = {k: f[k] for k in ("index", "pose", "betas")}
+    body_models = build_body_models(cfg.body)
+    regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
+    target = build_datamodule(cfg).target
+    return summarize_errors(score_dataset(predictions, target, body_models, regressor))
+
+
+def job_dirs(run_dir: Path) -> list[Path]:
+    """The run dir itself, or the jobs of a multirun sweep dir (sub-dirs holding predictions.npz)."""
+    if (run_dir / "predictions.npz").is_file():
+        return [run_dir]
+    jobs = sorted((p.parent for p in run_dir.glob("*/predictions.npz")), key=lambda p: (len(p.name), p.name))
+    if not jobs:
+        raise FileNotFoundError(f"{run_dir}: neither a run dir nor a sweep dir (no predictions.npz found)")
+    return jobs
+
+
+def overrides_of(job: Path) -> str:
+    path = job / ".hydra" / "overrides.yaml"
+    return " ".join(OmegaConf.load(path)) if path.is_file() else job.name
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    from rich.console import Console
+    from rich.table import Table
+
+    jobs = job_dirs(Path(cfg.run_dir))
+    table = Table(title=f"re-scored from predictions.npz (mm): {cfg.run_dir}")
+    table.add_column("run")
+    for name in COLUMNS:
+        table.add_column(name.upper().replace("_", "-"), justify="right")
+    table.add_column("matches metrics.json")
+    results = {}
+    for job in jobs:
+        scores = rescore(job)
+        recorded_path = job / "metrics.json"
+        recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
+        same = all(abs(recorded.get(k, np.nan) - scores[k]) < 1e-3 for k in COLUMNS if k in scores)
+        table.add_row(overrides_of(job) if len(jobs) > 1 else job.name, *(f"{scores.get(k, float('nan')):.2f}" for k in COLUMNS),
+                      "yes" if same else "NO")
+        results = scores if len(jobs) == 1 else {**results, **{f"{job.name}/{k}": v for k, v in scores.items()}}
+    Console().print(table)
+    return results

@@ -1,0 +1,107 @@
+"""The entry points' run(cfg) functions end to end on a tiny embedded default: train -> adapt -> evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from cemr.adapt.module import AdaptationModule
+from cemr.adapt.run import run as adapt_run
+from cemr.evaluation.run import run as evaluate_run
+from cemr.train.run import run as train_run
+from tests.conftest import compose_config
+
+TINY = [
+    "dataset.prepare.source_sequences=5",
+    "dataset.prepare.target_sequences=1",
+    "dataset.prepare.frames_per_sequence=32",
+    "dataset.prepare.workers=1",
+    "dataset.prepare.progress=false",
+    "training.max_epochs=1",
+    "training.batch_size=16",
+    "training.videomae.max_epochs=1",
+    "training.align.epochs=5",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    train_cfg = compose_config("train", [f"paths.data_dir={root / 'data'}", *TINY], root / "train_out")
+    metrics = train_run(train_cfg)
+    return root, metrics
+
+
+def adapt_cfg(root, name, overrides=()):
+    tiny_adapter = ["adapter.replay.clusters=4", "adapter.checkpoint_every=10"]
+    return compose_config("adapt", [f"paths.data_dir={root / 'data'}", *TINY, *tiny_adapter, *overrides], root / name)
+
+
+def test_train_reports_the_source_model_on_source_test_and_target(workspace):
+    root, metrics = workspace
+    for split in ("source_test", "target"):
+        for key in ("mpjpe", "pa_mpjpe", "pve"):
+            assert np.isfinite(metrics[f"{split}_{key}"]) and metrics[f"{split}_{key}"] > 0
+    assert (root / "train_out" / "config.yaml").is_file()
+
+
+def test_adapt_writes_outputs_and_evaluate_rescores_them(workspace, capsys):
+    root, _ = workspace
+    metrics = adapt_run(adapt_cfg(root, "run_a"))
+    out = root / "run_a"
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert recorded == pytest.approx(metrics)
+    for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error", "source_mpjpe", "source_pa_mpjpe", "outer_steps"):
+        assert key in recorded
+    assert recorded["frames"] == 32 and recorded["clip_steps"] == 2  # 32 frames, clip stride 16
+    with np.load(out / "predictions.npz") as pred:
+        assert pred["pose"].shape == (32, 72) and pred["betas"].shape == (32, 10)
+        assert pred["joints14"].shape == (32, 14, 3)
+        assert list(pred["frame"]) == sorted(pred["frame"])  # time order within the one track
+    rescored = evaluate_run(compose_config("evaluate", [f"run_dir={out}"]))
+    for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
+        assert rescored[key] == pytest.approx(recorded[key], abs=1e-6)
+    assert "yes" in capsys.readouterr().out
+
+
+def test_same_config_gives_the_same_numbers(workspace):
+    root, _ = workspace
+    first = adapt_run(adapt_cfg(root, "det_a", ["adapter.levels=2"]))
+    second = adapt_run(adapt_cfg(root, "det_b", ["adapter.levels=2"]))
+    assert first == second
+
+
+def test_levels_zero_is_the_source_model(workspace):
+    root, _ = workspace
+    metrics = adapt_run(adapt_cfg(root, "levels0", ["adapter.levels=0"]))
+    for key in ("mpjpe", "pa_mpjpe", "pve"):
+        assert metrics[key] == metrics[f"source_{key}"]
+
+
+def test_evaluate_refuses_a_dir_without_predictions(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no predictions.npz"):
+        evaluate_run(compose_config("evaluate", [f"run_dir={tmp_path}"]))
+
+
+def test_a_resumed_run_dir_finishes_with_the_same_numbers(workspace, monkeypatch):
+    root, _ = workspace
+    full = adapt_run(adapt_cfg(root, "resume_full", ["adapter.levels=2"]))
+    # kill a run at frame 25: its last stream checkpoint (every 10 frames) is at frame 20
+    original = AdaptationModule.training_step
+
+    def dies_at_25(self, batch, batch_idx):
+        if len(self.records) == 25:
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(AdaptationModule, "training_step", dies_at_25)
+    killed = adapt_cfg(root, "resume_killed", ["adapter.levels=2"])
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        adapt_run(killed)
+    assert (root / "resume_killed" / "adapt_state.pt").is_file()
+    monkeypatch.setattr(AdaptationModule, "training_step", original)
+    assert adapt_run(killed) == full  # rerun in the same run dir: resumes from frame 20
