@@ -89,7 +89,9 @@ def build_loggers(cfg: DictConfig, phase: str) -> list:
     """Every logger of the `logger` group (csv, wandb, ...), named after the phase (source, videomae,
     adapt) so phases of one run log side by side; none for `logger=none`."""
     nodes = cfg.get("logger") or {}
-    return [instantiate(node, name=phase) for node in nodes.values() if node is not None and "_target_" in node]
+    return [
+        instantiate(node, name=phase) for node in nodes.values() if node is not None and "_target_" in node
+    ]
 
 
 def build_trainer(cfg: DictConfig, phase: str, **overrides) -> lightning.Trainer:

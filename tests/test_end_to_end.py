@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from cemr.adapt.module import AdaptationModule
 from cemr.adapt.run import run as adapt_run
 from cemr.evaluation.run import run as evaluate_run
@@ -38,7 +39,9 @@ def workspace(tmp_path_factory):
 
 def adapt_cfg(root, name, overrides=()):
     tiny_adapter = ["adapter.replay.clusters=4", "adapter.checkpoint_every=10"]
-    return compose_config("adapt", [f"paths.data_dir={root / 'data'}", *TINY, *tiny_adapter, *overrides], root / name)
+    return compose_config(
+        "adapt", [f"paths.data_dir={root / 'data'}", *TINY, *tiny_adapter, *overrides], root / name
+    )
 
 
 def test_train_reports_the_source_model_on_source_test_and_target(workspace):

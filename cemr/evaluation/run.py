@@ -61,8 +61,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         recorded_path = job / "metrics.json"
         recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
         same = all(abs(recorded.get(k, np.nan) - scores[k]) < 1e-3 for k in COLUMNS if k in scores)
-        table.add_row(overrides_of(job) if len(jobs) > 1 else job.name, *(f"{scores.get(k, float('nan')):.2f}" for k in COLUMNS),
-                      "yes" if same else "NO")
-        results = scores if len(jobs) == 1 else {**results, **{f"{job.name}/{k}": v for k, v in scores.items()}}
+        table.add_row(
+            overrides_of(job) if len(jobs) > 1 else job.name,
+            *(f"{scores.get(k, float('nan')):.2f}" for k in COLUMNS),
+            "yes" if same else "NO",
+        )
+        results = (
+            scores if len(jobs) == 1 else {**results, **{f"{job.name}/{k}": v for k, v in scores.items()}}
+        )
     Console().print(table)
     return results
