@@ -1,8 +1,9 @@
 """`python evaluate.py [overrides]`: a thin Hydra wrapper over cemr.evaluation.run.run(cfg)."""
 
 import hydra
-from cemr.evaluation.run import run
 from omegaconf import DictConfig
+
+from cemr.evaluation.run import run
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
