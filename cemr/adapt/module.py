@@ -111,7 +111,7 @@ class AdaptationModule(L.LightningModule):
             return False
         self.manual_backward(loss)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not all(torch.isfinite(g).all() for g in grads):
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             optimizer.zero_grad(set_to_none=True)
             self.counters["skipped_steps"] += 1
             return False
