@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# Tests never write into (or read) the committed checkpoints of the embedded default.
+os.environ["CEMR_CHECKPOINT_DIR"] = tempfile.mkdtemp(prefix="cemr_test_checkpoints_")
 
 
 def compose_config(name: str, overrides: list[str] | None = None, out_dir: Path | None = None) -> DictConfig:

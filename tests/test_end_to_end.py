@@ -29,19 +29,21 @@ TINY = [
 ]
 
 
+def paths(root):
+    return [f"paths.data_dir={root / 'data'}", f"paths.checkpoint_dir={root / 'checkpoints'}"]
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    train_cfg = compose_config("train", [f"paths.data_dir={root / 'data'}", *TINY], root / "train_out")
+    train_cfg = compose_config("train", [*paths(root), *TINY], root / "train_out")
     metrics = train_run(train_cfg)
     return root, metrics
 
 
 def adapt_cfg(root, name, overrides=()):
     tiny_adapter = ["adapter.replay.clusters=4", "adapter.checkpoint_every=10"]
-    return compose_config(
-        "adapt", [f"paths.data_dir={root / 'data'}", *TINY, *tiny_adapter, *overrides], root / name
-    )
+    return compose_config("adapt", [*paths(root), *TINY, *tiny_adapter, *overrides], root / name)
 
 
 def test_train_reports_the_source_model_on_source_test_and_target(workspace):
