@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import DataLoader, default_collate
 
-from cemr.geometry import perspective_projection, weak_perspective_to_translation
+from cemr.geometry import perspective_projection, rotmat_to_axis_angle, weak_perspective_to_translation
 
 
 @dataclass
@@ -58,22 +59,31 @@ def predict_frames(
 ) -> dict:
     """The model's (no adaptation) SMPL parameters for every row of a dataset, in row order.
 
+    A sequence model (one declaring `seq_len`) sees each track in consecutive windows of seq_len
+    frames (the last one shorter), one window per forward; a single-frame model sees batches of rows.
     Returns numpy arrays: index (N,), pose (N, 72) axis-angle, betas (N, 10), and with `features`
     the pooled trunk feature (N, C).
     """
-    from torch.utils.data import DataLoader
-
-    from cemr.geometry import rotmat_to_axis_angle
-
     device = next(model.parameters()).device
+    seq_len = getattr(model, "seq_len", None)
+    if seq_len is None:
+        batches = DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    else:
+        windows = [
+            range(start, min(start + seq_len, track.stop))
+            for track in frames.sequences()
+            for start in range(track.start, track.stop, seq_len)
+        ]
+        batches = (default_collate([frames[i] for i in window]) for window in windows)
     was_training = model.training
     model.eval()
     poses, betas, feats = [], [], []
-    for batch in DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        out = model(batch["img"].to(device))
+    for batch in batches:
+        images = batch["img"].to(device)
+        out = model(images if seq_len is None else images[None])  # (1, T, 3, S, S) for a sequence model
         poses.append(rotmat_to_axis_angle(out.rotmat.float()).reshape(-1, 72).cpu())
-        betas.append(out.betas.float().cpu())
-        feats.append(out.feature.float().cpu())
+        betas.append(out.betas.float().reshape(-1, out.betas.shape[-1]).cpu())
+        feats.append(out.feature.float().reshape(-1, out.feature.shape[-1]).cpu())
     model.train(was_training)
     result = {
         "index": torch.arange(len(frames)).numpy(),

@@ -30,7 +30,7 @@ from cemr.runtime import (
     seed_everything,
     write_metrics,
 )
-from cemr.train.run import load_video_encoder, train_source
+from cemr.train.run import load_video_encoder, sequence_length, train_source
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     save_config(cfg, out_dir)
     source = load_source(cfg)
+    check_adaptable(cfg, source.model)
     body_models = build_body_models(cfg.body)
     data = build_datamodule(cfg)
     target = data.target
@@ -73,6 +74,17 @@ def load_source(cfg: DictConfig):
         print(f"source checkpoint {cfg.training.checkpoint} is missing: training it now (python train.py)")
         train_source(cfg)
     return load_checkpoint(cfg.training.checkpoint, mean_params=cfg.body.mean_params)
+
+
+def check_adaptable(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Refuse, before any work, to adapt a sequence model: the stream feeds single frames."""
+    if cfg.adapter.levels > 0 and sequence_length(model) is not None:
+        raise NotImplementedError(
+            f"{type(model).__name__} adaptation is not supported yet; the AdaptationModule adapts "
+            f"single-frame models on images (B, 3, S, S), but backbone '{cfg.backbone.name}' is a sequence "
+            f"model (seq_len={sequence_length(model)}); use backbone=hmr or hmr_small, or adapter.levels=0 "
+            "to score the source model alone"
+        )
 
 
 def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path) -> dict:

@@ -24,9 +24,10 @@ class SourceModule(L.LightningModule):
         self.crop_size = crop_size
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        pred = decode(self.model(batch["img"]), self.body_model, self.focal_length, self.crop_size)
-        loss, parts = labelled_objective(pred, _as_float(batch, pred.rotmat.dtype), self.cfg.loss_weights)
-        bs = batch["img"].shape[0]
+        images, labels = _model_inputs(batch)
+        pred = decode(self.model(images), self.body_model, self.focal_length, self.crop_size)
+        loss, parts = labelled_objective(pred, _as_float(labels, pred.rotmat.dtype), self.cfg.loss_weights)
+        bs = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=bs)
@@ -40,6 +41,19 @@ class SourceModule(L.LightningModule):
             optimizer, T_max=max(1, self.trainer.max_epochs)
         )
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def _model_inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Images for the model and per-frame labels matching `decode`'s flattened predictions.
+
+    A frame batch (img (B, 3, H, W)) passes through. A clip batch (ClipDataset: img (B, 3, T, H, W),
+    labels (B, T, ...)) gives a sequence model images (B, T, 3, H, W) and labels flattened to (B*T, ...).
+    """
+    images = batch["img"]
+    if images.ndim != 5:
+        return images, batch
+    labels = {k: v.flatten(0, 1) for k, v in batch.items() if k != "img" and torch.is_tensor(v)}
+    return images.transpose(1, 2), labels
 
 
 def _as_float(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

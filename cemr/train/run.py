@@ -56,15 +56,55 @@ def train_source(cfg: DictConfig) -> Path:
         model, build_body_model(cfg.body), cfg.training, cfg.focal_length, cfg.backbone.crop_size
     )
     checkpoints = ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", save_last=True)
-    trainer = build_trainer(cfg, "source", callbacks=[checkpoints], max_epochs=cfg.training.max_epochs,
-                            gradient_clip_val=cfg.training.gradient_clip_val)
-    trainer.fit(module, data.train_dataloader(), ckpt_path=cfg.training.resume_from)
+    trainer = build_trainer(
+        cfg,
+        "source",
+        callbacks=[checkpoints],
+        max_epochs=cfg.training.max_epochs,
+        gradient_clip_val=cfg.training.gradient_clip_val,
+    )
+    trainer.fit(module, source_dataloader(data, model), ckpt_path=cfg.training.resume_from)
     align_head = fit_align_head(cfg, model, data.source)
     path = save_checkpoint(
         cfg.training.checkpoint, model, cfg.backbone, extra={"align_head": align_head.state_dict()}
     )
     print(f"source model saved to {path}")
     return path
+
+
+def sequence_length(model: torch.nn.Module) -> int | None:
+    """The clip length T a sequence model declares (`seq_len`: it takes images (B, T, 3, S, S));
+    None for a single-frame model (images (B, 3, S, S))."""
+    return getattr(model, "seq_len", None)
+
+
+def source_dataloader(data, model: torch.nn.Module) -> DataLoader:
+    """Shuffled (seeded) source batches in the layout the model takes.
+
+    A single-frame model gets the datamodule's frame batches. A sequence model gets clips of its
+    `seq_len` consecutive frames of one track, every `seq_len // 2` frames; `batch_size` still counts
+    frames, so a batch holds batch_size // seq_len clips (at least one).
+    """
+    seq_len = sequence_length(model)
+    if seq_len is None:
+        return data.train_dataloader()
+    clips = ClipDataset(data.source, seq_len, stride=max(1, seq_len // 2))
+    return DataLoader(
+        clips,
+        batch_size=max(1, data.batch_size // seq_len),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(data.seed),
+        num_workers=data.num_workers,
+        persistent_workers=data.num_workers > 0,
+    )
+
+
+def clip_features(model: torch.nn.Module, clips: torch.Tensor) -> torch.Tensor:
+    """Per-frame pooled trunk features (B, T, C) of clips (B, 3, T, S, S), for either kind of model."""
+    frames = clips.transpose(1, 2)  # (B, T, 3, S, S)
+    if sequence_length(model) is not None:
+        return model.extract_features(frames)
+    return model.extract_features(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
 
 
 def load_video_encoder(cfg: DictConfig) -> torch.nn.Module:
@@ -111,9 +151,7 @@ def fit_align_head(cfg: DictConfig, model: torch.nn.Module, frames) -> torch.nn.
     model.eval()
     with torch.no_grad():
         for clip in DataLoader(clips, batch_size=4, num_workers=cfg.training.num_workers):
-            b, _, t = clip["img"].shape[:3]
-            per_frame = model.extract_features(clip["img"].transpose(1, 2).flatten(0, 1))
-            features.append(per_frame.reshape(b, t, -1).mean(1))
+            features.append(clip_features(model, clip["img"]).mean(1))
             targets.append(encoder(clip["img"]))
     features, targets = torch.cat(features), torch.cat(targets)
     head = torch.nn.Linear(features.shape[1], targets.shape[1])
