@@ -95,4 +95,12 @@ def build_loggers(cfg: DictConfig, phase: str) -> list:
 
 
 def build_trainer(cfg: DictConfig, phase: str, **overrides) -> lightning.Trainer:
-    return instantiate(cfg.trainer, logger=build_loggers(cfg, phase) or False, **overrides)
+    """The configured Lightning Trainer, logging under `phase`, with a Rich progress bar when enabled."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    callbacks = list(overrides.pop("callbacks", []))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(RichProgressBar(leave=True))
+    return instantiate(
+        cfg.trainer, logger=build_loggers(cfg, phase) or False, callbacks=callbacks, **overrides
+    )

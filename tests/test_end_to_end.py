@@ -110,3 +110,32 @@ def test_a_resumed_run_dir_finishes_with_the_same_numbers(workspace, monkeypatch
     assert (root / "resume_killed" / "adapt_state.pt").is_file()
     monkeypatch.setattr(AdaptationModule, "training_step", original)
     assert adapt_run(killed) == full  # rerun in the same run dir: resumes from frame 20
+
+
+def test_train_resumes_at_the_step_it_stopped(workspace):
+    root, _ = workspace
+    from cemr.data.safe_io import load_torch
+
+    first = load_torch(root / "train_out" / "checkpoints" / "last.ckpt", allowed_globals=())
+    cfg = compose_config(
+        "train",
+        [
+            *paths(root),
+            *TINY,
+            "training.max_epochs=2",
+            f"training.resume_from={root / 'train_out/checkpoints/last.ckpt'}",
+        ],
+        root / "train_resumed",
+    )
+    train_run(cfg)
+    second = load_torch(root / "train_resumed" / "checkpoints" / "last.ckpt")
+    assert (first["epoch"], second["epoch"]) == (0, 1)
+    assert second["global_step"] == 2 * first["global_step"]  # one more epoch of the same length
+
+
+def test_train_fast_dev_run(tmp_path):
+    overrides = [f"paths.data_dir={tmp_path / 'data'}", f"paths.checkpoint_dir={tmp_path / 'ckpt'}", *TINY]
+    cfg = compose_config("train", [*overrides, "trainer.fast_dev_run=true"], tmp_path / "out")
+    metrics = train_run(cfg)
+    assert (tmp_path / "ckpt" / "hmr_small_synthetic_seed0.ckpt").is_file()
+    assert np.isfinite(metrics["target_pa_mpjpe"])
