@@ -136,17 +136,26 @@ class AdaptationModule(L.LightningModule):
     # ------------------------------------------------------------------ levels
 
     def _adapted_clone(self, images: torch.Tensor, keypoints: torch.Tensor):
-        """Level 1: a MAML clone after `inner.steps` steps on L_frame."""
+        """Level 1: a MAML clone after `inner.steps` steps on L_frame.
+
+        Also returns the clone's prediction before its first step, which is the base model's: the
+        caller reuses it instead of running the base model once more.
+        """
         clone = self.learner.clone()
+        unadapted = None
         for _ in range(self.cfg.inner.steps):
-            loss, _ = levels.frame_objective(
-                self.predict_body(clone, images), keypoints, self.pose_prior, self.cfg.loss_weights
-            )
+            pred = self.predict_body(clone, images)
+            if unadapted is None:
+                unadapted = pred
+            loss, _ = levels.frame_objective(pred, keypoints, self.pose_prior, self.cfg.loss_weights)
             if not torch.isfinite(loss):
                 self.counters["skipped_steps"] += 1
-                return self.learner.clone()
+                return self.learner.clone(), unadapted
             clone.adapt(loss)
-        return clone
+        if unadapted is None:
+            with torch.no_grad():
+                unadapted = self.predict_body(self.model, images)
+        return clone, unadapted
 
     def _outer_loss(self, clone, frame: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         """Level 2: the clone scored on frame t, its context t-k, the teacher and replayed source samples."""
@@ -231,14 +240,10 @@ class AdaptationModule(L.LightningModule):
         images, keypoints = batch["img"], batch["keypoints"].to(batch["img"].dtype)
         frame = {"img": images, "keypoints": keypoints}
         levels_on = self.cfg.levels
-        with torch.no_grad():
-            before = self.predict_body(self.model, images)
-        frame["feature"] = before.feature
-        final = before
         if levels_on == 1:
-            final = self.predict_body(self._adapted_clone(images, keypoints), images)
-        elif levels_on >= 2:
-            final = self._temporal_steps(frame, before)
+            final = self.predict_body(self._adapted_clone(images, keypoints)[0], images)
+        else:
+            final = self._temporal_steps(frame)
         self.history.append({"img": images.detach(), "keypoints": keypoints.detach()})
         self.frames_in_track += 1
         if (
@@ -251,13 +256,16 @@ class AdaptationModule(L.LightningModule):
                 final = self.predict_body(self.model, images)
         self._record(batch, final)
 
-    def _temporal_steps(self, frame: dict[str, torch.Tensor], before: BodyPrediction) -> BodyPrediction:
+    def _temporal_steps(self, frame: dict[str, torch.Tensor]) -> BodyPrediction:
         """Outer steps with dynamic stopping; returns the base model's prediction after the last step."""
         stopping = self.cfg.stopping
         max_steps = 1 + (stopping.max_extra_steps if stopping.enabled else 0)
-        feat_before, after = before.head_feature, before
+        feat_before = after = None
         for step in range(max_steps):
-            clone = self._adapted_clone(frame["img"], frame["keypoints"])
+            clone, unadapted = self._adapted_clone(frame["img"], frame["keypoints"])
+            if step == 0:  # the unadapted clone is the base model before any step on this frame
+                after = _detached(unadapted)
+                feat_before, frame["feature"] = after.head_feature, after.feature
             loss, parts = self._outer_loss(clone, frame)
             if not self._step(self.optimizers()[0], loss):
                 break
@@ -349,6 +357,10 @@ class AdaptationModule(L.LightningModule):
         if not self.records:
             raise RuntimeError("no frames were adapted: the target stream is empty")
         return {k: torch.cat([r[k] for r in self.records]) for k in self.records[0]}
+
+
+def _detached(pred: BodyPrediction) -> BodyPrediction:
+    return BodyPrediction(**{k: v.detach() for k, v in vars(pred).items()})
 
 
 def _slice(pred: BodyPrediction, start: int, stop: int) -> BodyPrediction:
