@@ -334,7 +334,8 @@ class CEMRDataModule(L.LightningDataModule):
         args = {k: dataset_cfg[k] for k in keys if k in dataset_cfg}
         return cls(**{**args, **kwargs})
 
-    def _dataset(self, split: str, keypoints: str) -> PreparedDataset:
+    def split(self, split: str, keypoints: str) -> PreparedDataset:
+        """Any prepared split of this dataset (e.g. a held-out source test split) with the given keypoints."""
         return PreparedDataset(
             self.root / f"{split}.npz", self.img_root, self.crop_size, keypoints, self.noise_std, self.seed
         )
@@ -345,14 +346,14 @@ class CEMRDataModule(L.LightningDataModule):
         if self.source_split is None:
             raise ValueError(f"dataset at {self.root} has no source split (source_split is null)")
         if self._source is None:
-            self._source = self._dataset(self.source_split, "gt")
+            self._source = self.split(self.source_split, "gt")
         return self._source
 
     @property
     def target(self) -> PreparedDataset:
         """The target split with the configured keypoints."""
         if self._target is None:
-            self._target = self._dataset(self.target_split, self.keypoints)
+            self._target = self.split(self.target_split, self.keypoints)
         return self._target
 
     def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:

@@ -90,7 +90,8 @@ def score_dataset(predictions: dict, frames, body_models: dict, J_regressor_h36m
             f"{frames.path}: no row has SMPL ground truth (has_smpl), so there is nothing to score"
         )
     rows = index[labelled]
-    track = frames.seq_ids[rows] * 10_000 + np.asarray(data["person"])[rows]
+    pairs = np.stack([frames.seq_ids[rows], np.asarray(data["person"])[rows]], axis=1)
+    track = np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
     return score_predictions(
         np.asarray(predictions["pose"])[labelled],
         np.asarray(predictions["betas"])[labelled],

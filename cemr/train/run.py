@@ -173,7 +173,7 @@ def evaluate_source(cfg: DictConfig) -> dict[str, float]:
     data = build_datamodule(cfg)
     splits = {"target": data.target}
     if cfg.dataset.get("source_test_split"):
-        splits = {"source_test": data._dataset(cfg.dataset.source_test_split, "gt"), **splits}
+        splits = {"source_test": data.split(cfg.dataset.source_test_split, "gt"), **splits}
     metrics = {}
     for name, frames in splits.items():
         errors = score_dataset(predict_frames(model, frames), frames, body_models, regressor)
