@@ -18,6 +18,13 @@ def seed_everything(seed: int) -> None:
     lightning.seed_everything(seed, workers=True, verbose=False)
 
 
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 (always, without DDP): the one that scores and writes results."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
 def prepare(node: DictConfig | None) -> Path | None:
     """Build a cached asset (body model, prepared dataset) from its config's `prepare` node.
 

@@ -69,6 +69,7 @@ class AdaptationModule(L.LightningModule):
             if frozen is not None:
                 frozen.requires_grad_(False)
         self.source_state = copy.deepcopy(model.state_dict())
+        self.seed = seed
         self.replay_generator = torch.Generator().manual_seed(seed)
         history = max(adapter.motion.interval + 1, adapter.clip.length)
         self.history: deque[dict[str, torch.Tensor]] = deque(maxlen=history)
@@ -103,15 +104,25 @@ class AdaptationModule(L.LightningModule):
     def predict_body(self, net: nn.Module, images: torch.Tensor) -> BodyPrediction:
         return decode(net(images), self.body_model, self.focal_length, self.crop_size)
 
+    @property
+    def frames_done(self) -> int:
+        """How many target frames this module has adapted (and recorded) so far."""
+        return len(self.records)
+
     def _step(self, optimizer, loss: torch.Tensor) -> bool:
-        """One optimiser step on a finite loss; a non-finite loss (or gradient) is skipped and counted."""
+        """One optimiser step on a finite loss; a non-finite loss (or gradient) is skipped and counted.
+
+        Under 16-mixed precision the gradient scaler owns non-finite gradients: they are what it sees
+        when its scale is too large, and it skips that step and lowers the scale itself.
+        """
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             self.counters["skipped_steps"] += 1
             return False
         self.manual_backward(loss)
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        if grads and not scaled and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             optimizer.zero_grad(set_to_none=True)
             self.counters["skipped_steps"] += 1
             return False
@@ -126,8 +137,13 @@ class AdaptationModule(L.LightningModule):
             self.reset_to_source()
 
     def reset_to_source(self) -> None:
-        """Restart from the source weights, a fresh optimiser state and teacher (CycleAdapt's protocol)."""
+        """Restart from the source weights, a fresh optimiser state and teacher (CycleAdapt's protocol).
+
+        The replay sampler restarts from its seed too, so a sequence's result does not depend on the
+        sequences before it: that is what lets DDP ranks adapt disjoint sequences (adapt/parallel.py).
+        """
         self.model.load_state_dict(self.source_state)
+        self.replay_generator.manual_seed(self.seed)
         if self.teacher is not None:
             self.teacher.load_state_dict(self.source_state)
         for opt in self.optimizers(use_pl_optimizer=False) if self._trainer else []:
@@ -234,6 +250,8 @@ class AdaptationModule(L.LightningModule):
     # ------------------------------------------------------------------ the stream
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if "padding" in batch:  # a step a DDP rank with a shorter shard idles through (adapt/resume.py)
+            return
         track = (int(batch["seq_id"][0]), int(batch["person"][0]))
         if track != self.track:
             self._start_track(track)

@@ -1,4 +1,5 @@
-"""Checkpoints of the adaptation stream every N frames, so a killed run resumes to the same numbers."""
+"""The adaptation stream of one process, and its checkpoints every N frames so a killed run resumes to
+the same numbers."""
 
 from __future__ import annotations
 
@@ -9,9 +10,16 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from cemr.adapt.parallel import PaddedStream
+
 
 class StreamCheckpoint(L.Callback):
-    """Writes the AdaptationModule's full state to `path` (atomically) every `every_n_frames` frames."""
+    """Restores the AdaptationModule's state from `path` when it exists (at setup, before the stream
+    starts) and writes it there, atomically, every `every_n_frames` frames.
+
+    Under DDP each rank keeps its own file, `<stem>.rank<r>of<world><suffix>`, as each adapts its own
+    sequences.
+    """
 
     def __init__(self, path: str | Path, every_n_frames: int):
         if every_n_frames < 1:
@@ -19,11 +27,51 @@ class StreamCheckpoint(L.Callback):
         self.path = Path(path)
         self.every = every_n_frames
 
+    def rank_path(self, trainer) -> Path:
+        if trainer.world_size == 1:
+            return self.path
+        rank = f"rank{trainer.global_rank}of{trainer.world_size}"
+        return self.path.with_name(f"{self.path.stem}.{rank}{self.path.suffix}")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        path = self.rank_path(trainer)
+        if path.is_file():
+            done = pl_module.load_resume_state(path)
+            print(f"resuming from {path}: {done} frames already adapted")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if len(pl_module.records) % self.every == 0 and trainer.is_global_zero:
-            tmp = self.path.with_name(self.path.name + ".tmp")
+        if "padding" not in batch and pl_module.frames_done % self.every == 0:
+            path = self.rank_path(trainer)
+            tmp = path.with_name(path.name + ".tmp")
             torch.save(pl_module.resume_state(), tmp)
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
+
+
+class TargetStream(L.LightningDataModule):
+    """The target frames this process adapts, in stream order: its rank's share of the sequences (all
+    of them on one device), less the frames its module had already adapted before a restart.
+
+    Under DDP the shorter shards are padded to the longest: Lightning's loop runs a collective on
+    every step, so every rank must take the same number of steps.
+    """
+
+    def __init__(self, data) -> None:
+        super().__init__()
+        self.data = data
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        loader = self.data.stream_dataloader(trainer.global_rank, trainer.world_size)
+        loader = remaining_stream(loader, trainer.lightning_module.frames_done)
+        if trainer.world_size == 1:
+            return loader
+        longest = torch.tensor(len(loader), device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX)
+        return DataLoader(
+            PaddedStream(loader.dataset, list(loader.sampler), int(longest)),
+            batch_size=1,
+            num_workers=loader.num_workers,
+        )
 
 
 def remaining_stream(loader: DataLoader, done: int) -> DataLoader:

@@ -15,7 +15,8 @@ import torch
 from omegaconf import DictConfig
 
 from cemr.adapt.module import AdaptationModule
-from cemr.adapt.resume import StreamCheckpoint, remaining_stream
+from cemr.adapt.parallel import adaptation_strategy, gather_predictions
+from cemr.adapt.resume import StreamCheckpoint, TargetStream
 from cemr.data.retrieval import ReplayBank
 from cemr.evaluation.protocol import joints14
 from cemr.evaluation.report import body_vertices, score_dataset, summarize_errors
@@ -25,6 +26,7 @@ from cemr.runtime import (
     build_body_models,
     build_datamodule,
     build_trainer,
+    is_global_zero,
     prepare_assets,
     save_config,
     seed_everything,
@@ -49,11 +51,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     target = data.target
     scorable = bool(np.any(target.data["has_smpl"] > 0))
 
-    baseline = predict_frames(source.model, target)
+    # Before adapt(), which changes source.model in place; a DDP rank other than 0 only adapts.
+    baseline = predict_frames(source.model, target) if is_global_zero() else None
     if cfg.adapter.levels == 0:
         predictions = baseline
     else:
         predictions = adapt(cfg, source, body_models["neutral"], data, out_dir)
+        if predictions is None:
+            return {}  # rank 0 scores and writes every rank's predictions
 
     metrics = {}
     regressor = body_models["neutral"].J_regressor_h36m.double().cpu().numpy()
@@ -77,8 +82,12 @@ def load_source(cfg: DictConfig):
 
 
 def check_adaptable(cfg: DictConfig, model: torch.nn.Module) -> None:
-    """Refuse, before any work, to adapt a sequence model: the stream feeds single frames."""
-    if cfg.adapter.levels > 0 and sequence_length(model) is not None:
+    """Refuse, before any work, to adapt a sequence model (the stream feeds single frames) or to split
+    a stream that never resets across devices."""
+    if cfg.adapter.levels == 0:
+        return
+    adaptation_strategy(cfg.trainer.get("strategy"), cfg.adapter.reset)
+    if sequence_length(model) is not None:
         raise NotImplementedError(
             f"{type(model).__name__} adaptation is not supported yet; the AdaptationModule adapts "
             f"single-frame models on images (B, 3, S, S), but backbone '{cfg.backbone.name}' is a sequence "
@@ -88,7 +97,11 @@ def check_adaptable(cfg: DictConfig, model: torch.nn.Module) -> None:
 
 
 def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path) -> dict:
-    """Stream the target through the AdaptationModule; returns predictions {index, pose, betas, counters}."""
+    """Stream the target through the AdaptationModule; returns predictions {index, pose, betas, counters}.
+
+    Under DDP (reset=sequence) each rank adapts its share of the sequences; rank 0 returns them all,
+    the other ranks None.
+    """
     ad = cfg.adapter
     video_encoder = align_head = None
     if ad.levels >= 3 and ad.loss_weights.video_align > 0:
@@ -113,25 +126,25 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path) -> dict:
         replay_weights=cfg.training.loss_weights,
         seed=cfg.seed,
     )
-    state_path = out_dir / "adapt_state.pt"
-    done = module.load_resume_state(state_path) if state_path.is_file() else 0
-    if done:
-        print(f"resuming from {state_path}: {done} frames already adapted")
-    loader = remaining_stream(data.stream_dataloader(), done)
     trainer = build_trainer(
         cfg,
         "adapt",
         max_epochs=1,
-        callbacks=[StreamCheckpoint(state_path, ad.checkpoint_every)],
+        strategy=adaptation_strategy(cfg.trainer.get("strategy"), ad.reset),
+        sync_batchnorm=False,
+        callbacks=[StreamCheckpoint(out_dir / "adapt_state.pt", ad.checkpoint_every)],
         use_distributed_sampler=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
     )
-    if len(loader) > 0:
-        trainer.fit(module, loader)
-    predictions = {k: v.numpy() for k, v in module.predictions().items()}
-    predictions["counters"] = {k: float(v) for k, v in module.counters.items()}
-    return predictions
+    trainer.fit(module, datamodule=TargetStream(data))
+    local = {k: v.numpy() for k, v in module.predictions().items()} if module.frames_done else None
+    counters = {k: float(v) for k, v in module.counters.items()}
+    gathered = gather_predictions(local, counters, trainer.world_size)
+    if gathered is None:
+        return None
+    predictions, counters = gathered
+    return {**predictions, "counters": counters}
 
 
 def replay_bank(cfg: DictConfig, model: torch.nn.Module, source_frames) -> ReplayBank:

@@ -288,8 +288,8 @@ def shard_sequences(tracks: list[Track], rank: int, world_size: int) -> list[Tra
 class CEMRDataModule(L.LightningDataModule):
     """Source split (shuffled batches, training and replay) and target split (the adaptation stream).
 
-    The stream is batch 1, no shuffle, each track in time order; with `shard_by_rank` (adapter
-    reset=sequence under DDP) each rank streams only its `shard_sequences` share. Lightning must not
+    The stream is batch 1, no shuffle, each track in time order; given a rank and world size
+    (adapter.reset=sequence under DDP) only that rank's `shard_sequences` share. Lightning must not
     swap in a DistributedSampler for the stream: use Trainer(use_distributed_sampler=False).
     """
 
@@ -305,7 +305,6 @@ class CEMRDataModule(L.LightningDataModule):
         num_workers: int = 0,
         keypoint_noise_std: float = 0.02,
         seed: int = 0,
-        shard_by_rank: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -313,14 +312,14 @@ class CEMRDataModule(L.LightningDataModule):
         self.source_split, self.target_split = source_split, target_split
         self.keypoints, self.crop_size = keypoints, crop_size
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.noise_std, self.seed, self.shard_by_rank = keypoint_noise_std, seed, shard_by_rank
+        self.noise_std, self.seed = keypoint_noise_std, seed
         self._source: PreparedDataset | None = None
         self._target: PreparedDataset | None = None
 
     @classmethod
     def from_config(cls, dataset_cfg, **kwargs) -> CEMRDataModule:
         """Build from a `dataset` config node (root, splits, keypoints, crop_size, optional img_root,
-        num_workers, keypoint_noise_std); `kwargs` (batch_size, seed, shard_by_rank, ...) win."""
+        num_workers, keypoint_noise_std); `kwargs` (batch_size, seed, ...) win."""
         keys = (
             "root",
             "source_split",
@@ -365,20 +364,10 @@ class CEMRDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         return self._loader(self.source, batch_size=self.batch_size, shuffle=True, generator=generator)
 
-    def stream_tracks(self, rank: int | None = None, world_size: int | None = None) -> list[Track]:
-        """Tracks of the target stream for a rank (default: the trainer's, when sharding)."""
-        tracks = self.target.sequences()
-        if rank is None and world_size is None and self.shard_by_rank and self.trainer is not None:
-            rank, world_size = self.trainer.global_rank, self.trainer.world_size
-        if rank is None and world_size is None:
-            return tracks
-        return shard_sequences(tracks, rank or 0, world_size or 1)
-
-    def stream_dataloader(self, rank: int | None = None, world_size: int | None = None) -> DataLoader:
-        """Target frames one at a time, each track in time order."""
-        return self._loader(
-            self.target, batch_size=1, sampler=TrackSampler(self.stream_tracks(rank, world_size))
-        )
+    def stream_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Target frames one at a time, each track in time order: rank `rank`'s share of the tracks."""
+        tracks = shard_sequences(self.target.sequences(), rank, world_size)
+        return self._loader(self.target, batch_size=1, sampler=TrackSampler(tracks))
 
     def test_dataloader(self) -> DataLoader:
         return self.stream_dataloader()

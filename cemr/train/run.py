@@ -26,6 +26,7 @@ from cemr.runtime import (
     build_body_models,
     build_datamodule,
     build_trainer,
+    is_global_zero,
     prepare_assets,
     save_config,
     seed_everything,
@@ -45,11 +46,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.task != "source":
         raise ValueError(f"task='{cfg.task}' is unknown; expected 'source' or 'videomae'")
     train_source(cfg)
+    if not is_global_zero():
+        return {}  # under DDP, rank 0 alone scores the saved model
     return evaluate_source(cfg)
 
 
 def train_source(cfg: DictConfig) -> Path:
-    """Train the configured backbone on the source split and save it with its projection head."""
+    """Train the configured backbone on the source split and save it with its projection head.
+
+    Under DDP every rank trains; rank 0 alone fits P and saves, and the others wait for the file.
+    """
+    if not Path(cfg.training.video_encoder_checkpoint).is_file():
+        train_video_encoder(cfg)  # before the source fit, so that every DDP rank takes part in it
     data = build_datamodule(cfg, batch_size=cfg.training.batch_size)
     model = instantiate(cfg.backbone)
     module = SourceModule(
@@ -64,11 +72,12 @@ def train_source(cfg: DictConfig) -> Path:
         gradient_clip_val=cfg.training.gradient_clip_val,
     )
     trainer.fit(module, source_dataloader(data, model), ckpt_path=cfg.training.resume_from)
-    align_head = fit_align_head(cfg, model, data.source)
-    path = save_checkpoint(
-        cfg.training.checkpoint, model, cfg.backbone, extra={"align_head": align_head.state_dict()}
-    )
-    print(f"source model saved to {path}")
+    path = Path(cfg.training.checkpoint)
+    if trainer.is_global_zero:
+        align_head = fit_align_head(cfg, model, data.source)
+        save_checkpoint(path, model, cfg.backbone, extra={"align_head": align_head.state_dict()})
+        print(f"source model saved to {path}")
+    trainer.strategy.barrier("source checkpoint saved")
     return path
 
 
@@ -134,8 +143,11 @@ def train_video_encoder(cfg: DictConfig) -> Path:
     )
     trainer = build_trainer(cfg, "videomae", max_epochs=vm.max_epochs, enable_checkpointing=False)
     trainer.fit(module, loader)
-    path = save_checkpoint(cfg.training.video_encoder_checkpoint, encoder, cfg.video_encoder)
-    print(f"video encoder saved to {path}")
+    path = Path(cfg.training.video_encoder_checkpoint)
+    if trainer.is_global_zero:
+        save_checkpoint(path, encoder, cfg.video_encoder)
+        print(f"video encoder saved to {path}")
+    trainer.strategy.barrier("video encoder saved")
     return path
 
 

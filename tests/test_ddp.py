@@ -1,0 +1,82 @@
+"""DDP on CPU (gloo), through the CLI as users launch it: Lightning re-runs the script per rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+SMALL = [
+    "dataset.prepare.source_sequences=4",
+    "dataset.prepare.target_sequences=3",
+    "dataset.prepare.frames_per_sequence=32",
+    "dataset.prepare.workers=1",
+    "dataset.prepare.progress=false",
+    "training.max_epochs=1",
+    "training.batch_size=16",
+    "training.videomae.max_epochs=1",
+    "training.align.epochs=5",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+DDP = ["trainer.strategy=ddp", "trainer.devices=2"]
+
+
+def cli(script: str, root, out: str, *overrides: str) -> subprocess.CompletedProcess:
+    args = [f"paths.data_dir={root / 'data'}", f"paths.checkpoint_dir={root / 'ckpt'}"]
+    args += [f"paths.output_dir={root / out}", *SMALL, *overrides]
+    # One thread per process, as Lightning gives each of 2 ranks on 2 cores: same float sums everywhere.
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    return root, cli("train.py", root, "train", *DDP)
+
+
+def test_ddp_training_saves_and_scores_once_on_rank_zero(trained):
+    root, done = trained
+    assert (root / "ckpt" / "hmr_small_synthetic_seed0.ckpt").is_file()
+    assert (root / "ckpt" / "videomae_tiny_synthetic_seed0.ckpt").is_file()
+    assert done.stdout.count("source model saved to") == 1
+    assert done.stdout.count("source model on target") == 1
+
+
+def test_sequences_sharded_across_two_ranks_match_one_process(trained):
+    root, _ = trained
+    adapter = ["adapter.reset=sequence", "adapter.replay.clusters=4", "adapter.checkpoint_every=4"]
+    cli("adapt.py", root, "one", *adapter)
+    cli("adapt.py", root, "two", *adapter, *DDP)
+    one = json.loads((root / "one" / "metrics.json").read_text())
+    two = json.loads((root / "two" / "metrics.json").read_text())
+    assert one.keys() == two.keys()
+    for key in ("frames", "outer_steps", "clip_steps", "skipped_steps", "extra_steps"):
+        assert two[key] == one[key]  # counters summed over the ranks
+    for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
+        assert two[key] == pytest.approx(one[key], abs=1e-9)
+    with np.load(root / "one" / "predictions.npz") as a, np.load(root / "two" / "predictions.npz") as b:
+        assert np.array_equal(np.sort(a["index"]), b["index"])  # every frame once, in index order
+        order = np.argsort(a["index"])
+        np.testing.assert_array_equal(b["joints14"], a["joints14"][order])
+    states = sorted(p.name for p in (root / "two").glob("adapt_state*.pt"))
+    assert states == ["adapt_state.rank0of2.pt", "adapt_state.rank1of2.pt"]
+
+
+def test_a_stream_that_never_resets_is_refused_under_ddp(trained):
+    root, _ = trained
+    with pytest.raises(AssertionError, match="cannot be split across devices"):
+        cli("adapt.py", root, "refused", "adapter.reset=none", *DDP)
+    assert not (root / "refused" / "metrics.json").exists()
