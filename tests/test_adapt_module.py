@@ -4,12 +4,15 @@ touches, sequence resets, NaN frames, dynamic stopping bounds and kill/resume eq
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from lightning.pytorch.plugins import MixedPrecision
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from cemr.adapt.module import AdaptationModule
+from cemr.adapt.parallel import PaddedStream, gather_predictions
 from cemr.adapt.resume import StreamCheckpoint, remaining_stream
 from cemr.body import MaxMixturePrior, load_body_model
 from cemr.models import HMR
@@ -73,8 +76,9 @@ def make_module(parts, cfg, seed=0):
     return AdaptationModule(model, body, prior, cfg, focal_length=5000.0, crop_size=CROP, seed=seed)
 
 
-def stream_through(module, stream, callbacks=(), loader=None):
+def stream_through(module, stream, callbacks=(), loader=None, plugins=None):
     trainer = L.Trainer(
+        plugins=plugins,
         accelerator="cpu",
         max_epochs=1,
         logger=False,
@@ -187,3 +191,37 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(parts, tmp_path):
 def test_checkpoint_interval_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="checkpoint_every"):
         StreamCheckpoint(tmp_path / "s.pt", 0)
+
+
+@pytest.mark.parametrize("init_scale,skipped", [(2.0**60, 3), (1.0, 0)])
+def test_under_a_gradient_scaler_overflowing_steps_are_skipped_by_the_scaler(parts, init_scale, skipped):
+    # 16-mixed on CPU autocasts to float16 like CUDA does; a huge loss scale overflows every gradient
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    module = make_module(parts, adapter_cfg(levels=2))
+    before = weights(module)
+    stream_through(module, Stream([(0, 0)] * 3), plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)])
+    assert module.counters["skipped_steps"] == skipped
+    assert module.counters["outer_steps"] == 3 - skipped
+    assert same(before, weights(module)) == (skipped == 3)
+    assert scaler.get_scale() == init_scale / 2**skipped  # halved once per overflowing step
+    assert torch.isfinite(module.predictions()["pose"]).all()
+
+
+def test_padding_steps_adapt_nothing_and_record_nothing(parts):
+    stream = Stream([(0, 0)] * 2)
+    padded = PaddedStream(stream, [0, 1], 4)
+    assert len(padded) == 4 and padded[3] == {"padding": torch.tensor(True)}
+    module = stream_through(make_module(parts, adapter_cfg(levels=2)), stream, loader=DataLoader(padded))
+    plain = stream_through(make_module(parts, adapter_cfg(levels=2)), stream)
+    assert module.frames_done == 2 and module.counters == plain.counters
+    assert same(weights(module), weights(plain))
+    with pytest.raises(ValueError, match="length 1 < the 2 frames"):
+        PaddedStream(stream, [0, 1], 1)
+
+
+def test_gathering_one_process_keeps_its_predictions_and_refuses_none():
+    local = {"index": np.array([2, 0]), "pose": np.zeros((2, 72)), "betas": np.zeros((2, 10))}
+    predictions, counters = gather_predictions(local, {"outer_steps": 2.0}, world_size=1)
+    assert predictions is local and counters == {"outer_steps": 2.0}
+    with pytest.raises(RuntimeError, match="no frames were adapted"):
+        gather_predictions(None, {"outer_steps": 0.0}, world_size=1)

@@ -80,6 +80,17 @@ def test_same_config_gives_the_same_numbers(workspace):
     assert first == second
 
 
+def test_bf16_mixed_precision_adapts_as_float32_does(workspace):
+    root, _ = workspace
+    full = adapt_run(adapt_cfg(root, "fp32", ["adapter.levels=2"]))
+    mixed = adapt_run(adapt_cfg(root, "bf16", ["adapter.levels=2", "trainer.precision=bf16-mixed"]))
+    assert mixed["outer_steps"] == full["outer_steps"] == 32 and mixed["skipped_steps"] == 0
+    assert mixed["source_pa_mpjpe"] == full["source_pa_mpjpe"]  # the unadapted baseline runs in float32
+    # bfloat16 keeps 8 bits of mantissa: the adapted numbers move, but stay close to float32's
+    assert mixed["pa_mpjpe"] == pytest.approx(full["pa_mpjpe"], rel=0.1)
+    assert mixed["pa_mpjpe"] != full["pa_mpjpe"]  # the precision setting really reached the stream
+
+
 def test_levels_zero_is_the_source_model(workspace):
     root, _ = workspace
     metrics = adapt_run(adapt_cfg(root, "levels0", ["adapter.levels=0"]))

@@ -113,20 +113,24 @@ class AdaptationModule(L.LightningModule):
         """One optimiser step on a finite loss; a non-finite loss (or gradient) is skipped and counted.
 
         Under 16-mixed precision the gradient scaler owns non-finite gradients: they are what it sees
-        when its scale is too large, and it skips that step and lowers the scale itself.
+        when its scale is too large, so it skips that step and lowers the scale; that is counted too.
         """
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             self.counters["skipped_steps"] += 1
             return False
         self.manual_backward(loss)
-        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads and not scaled and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        if scaler is None and grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             optimizer.zero_grad(set_to_none=True)
             self.counters["skipped_steps"] += 1
             return False
+        scale = scaler.get_scale() if scaler is not None else None
         optimizer.step()
+        if scaler is not None and scaler.get_scale() < scale:
+            self.counters["skipped_steps"] += 1
+            return False
         return True
 
     def _start_track(self, track: tuple[int, int]) -> None:
