@@ -176,3 +176,23 @@ def test_replay_bank_round_trip(tmp_path):
     assert torch.equal(back.centres, bank.centres) and torch.equal(back.assignment, bank.assignment)
     with pytest.raises(ValueError, match="no features"):
         kmeans(torch.zeros(0, 3), 2)
+
+
+def test_replay_cache_key_holds_checkpoint_split_clusters_and_seed(tmp_path):
+    from cemr.adapt.run import replay_cache_path
+    from tests.conftest import compose_config
+
+    def path(split, *overrides):
+        cfg = compose_config("adapt", [f"paths.cache_dir={tmp_path}", *overrides])
+        return replay_cache_path(cfg, split)
+
+    base = path(tmp_path / "seed0" / "source_train.npz")
+    assert base.parent == tmp_path / "replay" and base.name.endswith("_k64_seed0.npz")
+    assert path(tmp_path / "seed0" / "source_train.npz") == base  # stable
+    others = [
+        path(tmp_path / "seed1" / "source_train.npz"),  # same file name, another dataset
+        path(tmp_path / "seed0" / "source_train.npz", "seed=1"),
+        path(tmp_path / "seed0" / "source_train.npz", "adapter.replay.clusters=8"),
+        path(tmp_path / "seed0" / "source_train.npz", "training.checkpoint=/elsewhere/model.ckpt"),
+    ]
+    assert len({base, *others}) == 5

@@ -7,6 +7,7 @@ the source model without adaptation, streams the target through the AdaptationMo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -148,19 +149,27 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path) -> dict:
 
 
 def replay_bank(cfg: DictConfig, model: torch.nn.Module, source_frames) -> ReplayBank:
-    """k-means bank over the source model's pooled features of the source split (cached per checkpoint)."""
-    ckpt = Path(cfg.training.checkpoint)
-    path = (
-        Path(cfg.paths.cache_dir)
-        / "replay"
-        / f"{ckpt.stem}_{source_frames.path.stem}_k{cfg.adapter.replay.clusters}.npz"
-    )
-    if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
-        return ReplayBank.load(path)
+    """k-means bank over the source model's pooled features of the source split (cached, see
+    `replay_cache_path`; rebuilt when the checkpoint or the split is newer than the cache)."""
+    path = replay_cache_path(cfg, source_frames.path)
+    inputs = (Path(cfg.training.checkpoint), Path(source_frames.path))
+    if path.is_file() and path.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
+        bank = ReplayBank.load(path)
+        if len(bank.assignment) == len(source_frames):
+            return bank
     features = predict_frames(model, source_frames, features=True)["feature"]
     bank = ReplayBank.build(torch.from_numpy(features), cfg.adapter.replay.clusters, seed=cfg.seed)
     bank.save(path)
     return bank
+
+
+def replay_cache_path(cfg: DictConfig, source_split: str | Path) -> Path:
+    """Where the replay bank of (checkpoint, source split file, clusters, seed) is cached: the bank
+    holds row indices of that very split, so every one of the four is in the key."""
+    ckpt, split = Path(cfg.training.checkpoint).resolve(), Path(source_split).resolve()
+    digest = hashlib.sha1(f"{ckpt}\n{split}".encode()).hexdigest()[:12]
+    name = f"{ckpt.stem}_{split.stem}_{digest}_k{cfg.adapter.replay.clusters}_seed{cfg.seed}.npz"
+    return Path(cfg.paths.cache_dir) / "replay" / name
 
 
 def write_predictions(path: Path, predictions: dict, frames, body_model, regressor: np.ndarray) -> None:
