@@ -225,3 +225,13 @@ def test_gathering_one_process_keeps_its_predictions_and_refuses_none():
     assert predictions is local and counters == {"outer_steps": 2.0}
     with pytest.raises(RuntimeError, match="no frames were adapted"):
         gather_predictions(None, {"outer_steps": 0.0}, world_size=1)
+
+
+def test_each_ddp_rank_keeps_its_own_stream_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    callback = StreamCheckpoint(tmp_path / "adapt_state.pt", 10)
+    one = SimpleNamespace(world_size=1, global_rank=0)
+    assert callback.rank_path(one) == tmp_path / "adapt_state.pt"
+    paths = {callback.rank_path(SimpleNamespace(world_size=4, global_rank=r)) for r in range(4)}
+    assert paths == {tmp_path / f"adapt_state.rank{r}of4.pt" for r in range(4)}
