@@ -18,6 +18,30 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ["CEMR_CHECKPOINT_DIR"] = tempfile.mkdtemp(prefix="cemr_test_checkpoints_")
 
 
+# Overrides that shrink the embedded default to a few short sequences and one-epoch training.
+TINY = [
+    "dataset.prepare.source_sequences=5",
+    "dataset.prepare.target_sequences=1",
+    "dataset.prepare.frames_per_sequence=32",
+    "dataset.prepare.workers=1",
+    "dataset.prepare.progress=false",
+    "training.max_epochs=1",
+    "training.batch_size=16",
+    "training.videomae.max_epochs=1",
+    "training.align.epochs=5",
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def tiny(**prepare: int) -> list[str]:
+    """TINY with some `dataset.prepare` counts replaced (Hydra refuses a key given twice)."""
+    keys = {f"dataset.prepare.{k}" for k in prepare}
+    kept = [o for o in TINY if o.split("=")[0] not in keys]
+    return kept + [f"dataset.prepare.{k}={v}" for k, v in prepare.items()]
+
+
 def compose_config(name: str, overrides: list[str] | None = None, out_dir: Path | None = None) -> DictConfig:
     """Compose `configs/<name>.yaml` as the CLI would, with `paths.output_dir` made concrete."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

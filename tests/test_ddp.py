@@ -10,22 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny
 
-SMALL = [
-    "dataset.prepare.source_sequences=4",
-    "dataset.prepare.target_sequences=3",
-    "dataset.prepare.frames_per_sequence=32",
-    "dataset.prepare.workers=1",
-    "dataset.prepare.progress=false",
-    "training.max_epochs=1",
-    "training.batch_size=16",
-    "training.videomae.max_epochs=1",
-    "training.align.epochs=5",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
+SMALL = tiny(source_sequences=4, target_sequences=3)
 DDP = ["trainer.strategy=ddp", "trainer.devices=2"]
 
 

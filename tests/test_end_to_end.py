@@ -11,22 +11,7 @@ from cemr.adapt.module import AdaptationModule
 from cemr.adapt.run import run as adapt_run
 from cemr.evaluation.run import run as evaluate_run
 from cemr.train.run import run as train_run
-from tests.conftest import REPO, compose_config
-
-TINY = [
-    "dataset.prepare.source_sequences=5",
-    "dataset.prepare.target_sequences=1",
-    "dataset.prepare.frames_per_sequence=32",
-    "dataset.prepare.workers=1",
-    "dataset.prepare.progress=false",
-    "training.max_epochs=1",
-    "training.batch_size=16",
-    "training.videomae.max_epochs=1",
-    "training.align.epochs=5",
-    "logger=none",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
+from tests.conftest import REPO, TINY, compose_config
 
 
 def paths(root):

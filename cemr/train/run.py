@@ -56,8 +56,7 @@ def train_source(cfg: DictConfig) -> Path:
 
     Under DDP every rank trains; rank 0 alone fits P and saves, and the others wait for the file.
     """
-    if not Path(cfg.training.video_encoder_checkpoint).is_file():
-        train_video_encoder(cfg)  # before the source fit, so that every DDP rank takes part in it
+    ensure_video_encoder(cfg)  # before the source fit, so that every DDP rank takes part in it
     data = build_datamodule(cfg, batch_size=cfg.training.batch_size)
     model = instantiate(cfg.backbone)
     module = SourceModule(
@@ -116,11 +115,15 @@ def clip_features(model: torch.nn.Module, clips: torch.Tensor) -> torch.Tensor:
     return model.extract_features(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
 
 
+def ensure_video_encoder(cfg: DictConfig) -> Path:
+    """The level-3 video encoder's checkpoint, pretrained first (task=videomae) when it is missing."""
+    path = Path(cfg.training.video_encoder_checkpoint)
+    return path if path.is_file() else train_video_encoder(cfg)
+
+
 def load_video_encoder(cfg: DictConfig) -> torch.nn.Module:
-    """The frozen level-3 video encoder, pretrained first (task=videomae) when its checkpoint is missing."""
-    if not Path(cfg.training.video_encoder_checkpoint).is_file():
-        train_video_encoder(cfg)
-    encoder = load_checkpoint(cfg.training.video_encoder_checkpoint).model
+    """The frozen level-3 video encoder (see `ensure_video_encoder`)."""
+    encoder = load_checkpoint(ensure_video_encoder(cfg)).model
     return encoder.eval().requires_grad_(False)
 
 
