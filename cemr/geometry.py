@@ -176,11 +176,14 @@ def crop_camera_to_full_image(cam, center, scale, img_w: float, img_h: float):
 # ----------------------------------------------------------------------------- crops
 
 
-def crop_transform_matrix(center, scale: float, res: int, rot: float = 0.0) -> np.ndarray:
+def crop_transform_matrix(
+    center, scale: float, res: int, rot: float = 0.0, flip: bool = False
+) -> np.ndarray:
     """(3, 3) affine from image pixels to a res x res crop (SPIN imutils.get_transform).
 
     The box of side 200*scale around ``center`` maps onto [0, res]^2; ``rot`` (degrees)
-    rotates about the crop centre, in SPIN's sense.
+    rotates about the crop centre, in SPIN's sense; ``flip`` then mirrors the crop about its
+    centre (u -> res - u), so a normalised keypoint x becomes exactly -x.
     """
     cx, cy = (float(c) for c in np.asarray(center, dtype=np.float64).reshape(2))
     side = BBOX_UNIT * float(scale)
@@ -200,11 +203,13 @@ def crop_transform_matrix(center, scale: float, res: int, rot: float = 0.0) -> n
         to_origin = np.array([[1.0, 0.0, -res / 2], [0.0, 1.0, -res / 2], [0.0, 0.0, 1.0]])
         back = np.array([[1.0, 0.0, res / 2], [0.0, 1.0, res / 2], [0.0, 0.0, 1.0]])
         t = back @ rot_mat @ to_origin @ t
+    if flip:
+        t = np.array([[-1.0, 0.0, float(res)], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ t
     return t
 
 
 def transform_keypoints(
-    points_px, center, scale: float, res: int, invert: bool = False, rot: float = 0.0
+    points_px, center, scale: float, res: int, invert: bool = False, rot: float = 0.0, flip: bool = False
 ) -> np.ndarray:
     """(..., 2) image pixels -> (..., 2) crop pixels (or back with ``invert``), float.
 
@@ -214,7 +219,7 @@ def transform_keypoints(
     """
     points = np.asarray(points_px, dtype=np.float64)
     _check_last_dims(points, (2,), "transform_keypoints points_px")
-    t = crop_transform_matrix(center, scale, res, rot)
+    t = crop_transform_matrix(center, scale, res, rot, flip)
     if invert:
         t = np.linalg.inv(t)
     return points @ t[:2, :2].T + t[:2, 2]
@@ -232,7 +237,9 @@ def denormalize_keypoints(points_norm, res: int):
     return (points_norm + 1.0) * res / 2.0
 
 
-def crop_image(image: np.ndarray, center, scale: float, res: int, rot: float = 0.0) -> np.ndarray:
+def crop_image(
+    image: np.ndarray, center, scale: float, res: int, rot: float = 0.0, flip: bool = False
+) -> np.ndarray:
     """(H, W, C) uint8 -> (res, res, C) uint8 crop with the affine of ``crop_transform_matrix``.
 
     Zero padding outside the image. When shrinking, the box is first warped to k*res pixels
@@ -243,7 +250,7 @@ def crop_image(image: np.ndarray, center, scale: float, res: int, rot: float = 0
         raise ValueError(
             f"crop_image: expected an (H, W, C) uint8 image, found shape {image.shape} dtype {image.dtype}"
         )
-    t = crop_transform_matrix(center, scale, res, rot)
+    t = crop_transform_matrix(center, scale, res, rot, flip)
     k = max(1, math.ceil(BBOX_UNIT * float(scale) / res - 1e-6))  # 200 * 1.12 = 224.00000000000003
     up = np.diag([k, k, 1.0])
     up[:2, 2] = 0.5 * (k - 1)
