@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from cemr.evaluation.builds import BUILD_SEED_KEY, JobResult, builds_report, label_without_build
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.runtime import build_body_models, build_datamodule
 
 COLUMNS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
 
 
-def rescore(run_dir: str | Path) -> dict[str, float]:
-    """Scores of one run dir (config.yaml + predictions.npz), computed afresh (mm)."""
+def rescore_frames(run_dir: str | Path) -> tuple[DictConfig, dict[str, np.ndarray], np.ndarray]:
+    """The run's config, its per-frame errors (mm) computed afresh from predictions.npz, and the
+    sequence name of each scored frame."""
     run_dir = Path(run_dir)
     for name in ("config.yaml", "predictions.npz"):
         if not (run_dir / name).is_file():
@@ -27,7 +29,15 @@ def rescore(run_dir: str | Path) -> dict[str, float]:
     body_models = build_body_models(cfg.body)
     regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
     target = build_datamodule(cfg).target
-    return summarize_errors(score_dataset(predictions, target, body_models, regressor))
+    errors = score_dataset(predictions, target, body_models, regressor)
+    index = np.asarray(predictions["index"])
+    scored = index[np.asarray(target.data["has_smpl"])[index] > 0]
+    return cfg, errors, np.asarray(target.data["seq"])[scored]
+
+
+def rescore(run_dir: str | Path) -> dict[str, float]:
+    """Scores of one run dir (config.yaml + predictions.npz), computed afresh (mm)."""
+    return summarize_errors(rescore_frames(run_dir)[1])
 
 
 def job_dirs(run_dir: Path) -> list[Path]:
@@ -40,9 +50,13 @@ def job_dirs(run_dir: Path) -> list[Path]:
     return jobs
 
 
-def overrides_of(job: Path) -> str:
+def overrides_list(job: Path) -> list[str]:
     path = job / ".hydra" / "overrides.yaml"
-    return " ".join(OmegaConf.load(path)) if path.is_file() else job.name
+    return list(OmegaConf.load(path)) if path.is_file() else []
+
+
+def overrides_of(job: Path) -> str:
+    return " ".join(overrides_list(job)) or job.name
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -55,11 +69,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
     for name in COLUMNS:
         table.add_column(name.upper().replace("_", "-"), justify="right")
     table.add_column("matches metrics.json")
-    results = {}
+    results, per_job = {}, []
     for job in jobs:
-        scores = rescore(job)
+        job_cfg, errors, sequences = rescore_frames(job)
+        scores = summarize_errors(errors)
         recorded_path = job / "metrics.json"
         recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
+        per_job.append(
+            JobResult(
+                label=label_without_build(overrides_list(job)),
+                build=int(OmegaConf.select(job_cfg, BUILD_SEED_KEY, default=0)),
+                errors=errors,
+                sequences=sequences,
+                extra={k: v for k, v in recorded.items() if k.startswith("snapshot_")},
+            )
+        )
         same = all(abs(recorded.get(k, np.nan) - scores[k]) < 1e-3 for k in COLUMNS if k in scores)
         table.add_row(
             overrides_of(job) if len(jobs) > 1 else job.name,
@@ -69,5 +93,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         results = (
             scores if len(jobs) == 1 else {**results, **{f"{job.name}/{k}": v for k, v in scores.items()}}
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if len(jobs) > 1:
+        report = builds_report(per_job)
+        path = Path(cfg.run_dir) / "builds.md"
+        path.write_text(report)
+        console.print(report)
+        console.print(f"written to {path}")
     return results

@@ -1,0 +1,85 @@
+"""Results across benchmark builds: grouping, mean +- sd over builds, per-sequence paired differences."""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import pytest
+
+from cemr.evaluation.builds import (
+    JobResult,
+    across_builds,
+    builds_report,
+    label_without_build,
+    paired_differences,
+)
+
+SEQS = np.array(["s0", "s0", "s1"])
+# PA-MPJPE per frame of the three frames (s0, s0, s1) of each (config, build)
+FRAMES = {
+    ("adapter.levels=0", 0): [10.0, 20.0, 30.0],
+    ("adapter.levels=0", 1): [20.0, 20.0, 20.0],
+    ("adapter.levels=0", 2): [50.0, 50.0, 20.0],
+    ("adapter.levels=3", 0): [8.0, 12.0, 33.0],
+    ("adapter.levels=3", 1): [10.0, 20.0, 14.0],
+    ("adapter.levels=3", 2): [40.0, 44.0, 20.0],
+}
+
+
+def jobs() -> list[JobResult]:
+    out = []
+    for (label, build), values in FRAMES.items():
+        values = np.array(values)
+        errors = {"mpjpe": 2 * values, "pa_mpjpe": values, "pve": 3 * values, "accel_error": np.array([1.0])}
+        out.append(JobResult(label, build, errors, SEQS, extra={"snapshot_pa_mpjpe": 100.0 + build}))
+    return out
+
+
+def test_label_drops_only_the_build_seed():
+    assert label_without_build(["adapter.levels=3", "dataset.prepare.seed=2"]) == "adapter.levels=3"
+    assert label_without_build(["dataset.prepare.seed=1"]) == "default"
+    assert label_without_build(["dataset.prepare.seed_x=1"]) == "dataset.prepare.seed_x=1"
+
+
+def test_mean_and_sd_over_builds_of_the_frame_means():
+    table = across_builds(jobs())
+    for label in ("adapter.levels=0", "adapter.levels=3"):
+        per_build = [statistics.fmean(FRAMES[label, b]) for b in range(3)]
+        mean, sd, n = table[label]["pa_mpjpe"]
+        assert mean == pytest.approx(statistics.fmean(per_build), abs=1e-12)
+        assert sd == pytest.approx(statistics.stdev(per_build), abs=1e-12)
+        assert n == 3
+        assert table[label]["mpjpe"][0] == pytest.approx(2 * statistics.fmean(per_build))
+    assert table["adapter.levels=0"]["snapshot_pa_mpjpe"] == pytest.approx((101.0, 1.0, 3))
+
+
+def test_paired_differences_per_build_and_sequence():
+    paired = paired_differences(jobs(), "adapter.levels=0", "adapter.levels=3")
+    expected = []
+    for build in range(3):
+        a, b = FRAMES["adapter.levels=0", build], FRAMES["adapter.levels=3", build]
+        expected += [statistics.fmean(b[:2]) - statistics.fmean(a[:2]), b[2] - a[2]]
+    np.testing.assert_allclose(paired.differences, expected)
+    assert paired.pairs == ((0, "s0"), (0, "s1"), (1, "s0"), (1, "s1"), (2, "s0"), (2, "s1"))
+    summary = paired.summary
+    assert summary["mean"] == pytest.approx(statistics.fmean(expected))
+    assert summary["sd"] == pytest.approx(statistics.stdev(expected))
+    assert summary["sem"] == pytest.approx(statistics.stdev(expected) / 6**0.5)
+    assert (summary["better"], summary["worse"], summary["pairs"]) == (4, 1, 6)
+
+
+def test_report_lists_both_tables():
+    report = builds_report(jobs())
+    mean0 = statistics.fmean([statistics.fmean(FRAMES["adapter.levels=0", b]) for b in range(3)])
+    assert f"| adapter.levels=0 | 3 | {2 * mean0:.1f} +- " in report
+    assert "| adapter.levels=3 | adapter.levels=0 | " in report and "4 / 1 of 6" in report
+
+
+def test_a_config_twice_on_one_build_and_disjoint_configs_are_refused():
+    doubled = jobs() + [jobs()[0]]
+    with pytest.raises(ValueError, match="two jobs of config 'adapter.levels=0' ran on build 0"):
+        across_builds(doubled)
+    only_a = [j for j in jobs() if j.label == "adapter.levels=0"]
+    with pytest.raises(ValueError, match="share no"):
+        paired_differences(only_a, "adapter.levels=0", "adapter.levels=3")
