@@ -45,7 +45,7 @@ def make_arrays():
         "shape": rng.normal(size=(n, 10)),
         "has_smpl": np.array([1.0] * 5 + [0.0] * 4),
         "gender": np.array(["m", "f", "n", "m", "f", "m", "m", "m", "m"]),
-        "S": rng.normal(size=(n, 24, 4)),
+        "S": np.concatenate([rng.normal(size=(n, 24, 3)), np.ones((n, 24, 1))], axis=-1),  # visibility 1
         "part": part,
         "openpose": detected[:, :25].copy(),
         "keypoints_detected": detected,

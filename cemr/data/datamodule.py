@@ -1,8 +1,9 @@
 """Prepared datasets (synthetic, 3DPW, Human3.6M, any video) read lazily, streamed in time order.
 
 A prepared split is `<root>/<split>.npz` with SPIN's keys plus `seq`, `person`, `frame`; rows are
-grouped by track (seq, person) in time order (data/README.md). Numeric arrays are held in memory;
-each image is read from `img_root / imgname` when its item is asked for.
+grouped by track (seq, person) in time order (data/README.md). Numeric arrays are held in memory
+and checked once on load (`cemr.data.validate`: shapes, dtypes, finite labels, confidences in
+[0, 1], positive scales); each image is read from `img_root / imgname` when its item is asked for.
 
 Keypoints given to the model are (49, 3) in SPIN's layout, normalised to [-1, 1] in the crop:
 - `gt`: the GT 2D joints (`part`) in slots 25..48, slots 0..24 zero (DynaBOA adapts on these);
@@ -26,34 +27,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cemr.data.safe_io import FileFormatError, load_npz
+from cemr.data.validate import validate_prepared
 from cemr.geometry import crop_image, normalize_keypoints, transform_keypoints
 
 KEYPOINT_MODES = ("gt", "noisy", "detected")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 GENDER_IDS = {"m": 0, "f": 1}  # anything else ('n', missing) is -1
-
-# key -> shape after the row axis; None = any (checked separately). Only imgname, center and scale
-# are required; the others get SPIN's defaults when absent.
-_SHAPES: dict[str, tuple | None] = {
-    "imgname": (),
-    "center": (2,),
-    "scale": (),
-    "pose": (72,),
-    "shape": None,
-    "has_smpl": (),
-    "gender": (),
-    "S": (24, 4),
-    "part": (24, 3),
-    "openpose": (25, 3),
-    "keypoints_detected": (49, 3),
-    "seq": (),
-    "person": (),
-    "frame": (),
-    "trans": (3,),
-    "focal": (),
-}
-_REQUIRED = ("imgname", "center", "scale")
 
 
 @dataclass(frozen=True)
@@ -71,27 +51,11 @@ class Track:
 
 
 def _read_prepared(path: Path) -> dict[str, np.ndarray]:
-    """Load a prepared npz, check keys and shapes, fill defaults for the optional keys."""
+    """Load a prepared npz, check keys, shapes, dtypes and values (`validate_prepared`), fill defaults
+    for the optional keys."""
     arrays = load_npz(path)
-    missing = [k for k in _REQUIRED if k not in arrays]
-    if missing:
-        raise FileFormatError(f"{path}: missing keys {missing} (found {sorted(arrays)})")
+    validate_prepared(arrays, path)
     n = len(arrays["imgname"])
-    for key, tail in _SHAPES.items():
-        if key not in arrays:
-            continue
-        shape = arrays[key].shape
-        bad = (
-            shape[:1] != (n,)
-            or (tail is not None and shape[1:] != tail)
-            or (key == "shape" and (len(shape) != 2 or shape[1] < 10))
-        )
-        if bad:
-            want = "(N, >=10)" if tail is None else "(" + ", ".join(["N", *map(str, tail)]) + ")"
-            raise FileFormatError(
-                f"{path}: key '{key}' has shape {shape}, expected {want} with N = {n} rows "
-                "(the length of 'imgname')"
-            )
     if "pose" in arrays and "has_smpl" not in arrays:
         arrays["has_smpl"] = np.ones(n)
     defaults = {
