@@ -2,14 +2,17 @@
 
 Every file goes through `torch.load(weights_only=True)` (`cemr.data.safe_io.load_torch`). Each loader
 maps the file's keys onto the model's names, compares them and returns a `LoadReport` listing
-missing, unexpected and mis-shaped keys with their shapes. `strict=True` raises `CheckpointError`
-with the report before touching any weight; otherwise every key that fits is copied and the rest
-is reported (and logged). Layouts: FORMATS.md sections 6 and 10.
+missing, unexpected and mis-shaped keys with their shapes; weights holding NaN or inf are refused.
+`strict=True` raises `CheckpointError` with the report before touching any weight; otherwise every
+key that fits is copied and the rest is reported (and logged). Layouts: FORMATS.md sections 6 and 10.
+A CEMR checkpoint's stored config may only build one of the project's models from plain values
+(`config_problem`): it is data, never a recipe for running code.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import re
@@ -19,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cemr.data.safe_io import load_torch
+from cemr.models.hmr import HMR
+from cemr.models.vibe import VIBE
 from cemr.models.video_encoder import VideoEncoder, VideoMAEPretrainer
 
 log = logging.getLogger(__name__)
@@ -100,6 +104,12 @@ def load_state_dict_into(
             report.mismatched.append((key, _shape(value), tuple(target[key].shape)))
         else:
             fits[key] = value
+    bad = first_non_finite(fits)
+    if bad is not None:
+        raise CheckpointError(
+            f"{source}: tensor '{bad}' holds NaN or inf values; nothing was loaded (a diverged or "
+            "corrupt checkpoint)"
+        )
     report.loaded = list(fits)
     report.missing = [
         (key, tuple(value.shape))
@@ -114,6 +124,14 @@ def load_state_dict_into(
     if not report.ok:
         log.warning("%s", report)
     return report
+
+
+def first_non_finite(tensors: Mapping[str, Any]) -> str | None:
+    """The first key whose value is a floating tensor holding NaN or inf; None when there is none."""
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.isfinite().all():
+            return key
+    return None
 
 
 def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -289,6 +307,64 @@ def load_videomae_checkpoint(path: PathLike, model: nn.Module, strict: bool = Fa
 # --- CEMR's own checkpoints ---------------------------------------------------------------------
 
 
+# A checkpoint's config may only build one of these, and holds plain values only: it comes from a
+# file, so it must never choose what code runs (as Hydra's `_target_` anywhere inside it would).
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    name: cls
+    for cls in (HMR, VIBE, VideoEncoder)
+    for name in (f"cemr.models.{cls.__name__}", f"{cls.__module__}.{cls.__qualname__}")
+}
+_BUILD_KEYS = ("_target_", "_convert_")  # top-level Hydra keys a saved config may hold
+_SPECIAL_KEY = re.compile(r"_.*_")  # Hydra's reserved keys: _target_, _partial_, _args_, _recursive_, ...
+_MAX_CONFIG_DEPTH = 16
+
+
+def _unplain(value: Any, key: str, depth: int = 0) -> tuple[str, str] | None:
+    """(dotted key, what is wrong) for the first part of `value` that is not plain data; None if all is."""
+    if depth > _MAX_CONFIG_DEPTH:
+        return key, f"is nested deeper than {_MAX_CONFIG_DEPTH} levels"
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                return key, f"has a non-string key {name!r}"
+            dotted = f"{key}.{name}" if key else name
+            if _SPECIAL_KEY.fullmatch(name) and not (depth == 0 and name in _BUILD_KEYS):
+                return dotted, "is a Hydra special key"
+            found = _unplain(item, dotted, depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _unplain(item, f"{key}[{index}]", depth + 1)
+            if found:
+                return found
+    elif isinstance(value, str):
+        if "${" in value:
+            return key, f"holds an interpolation ({value!r})"
+    elif value is not None and not isinstance(value, bool | int | float):
+        return key, f"is a {type(value).__name__}, not plain data (int, float, bool, str, None, list, dict)"
+    return None
+
+
+def config_problem(config: Any) -> tuple[str, str] | None:
+    """(key, what is wrong) when `config` may not be stored in or built from a checkpoint, else None.
+
+    Allowed: `_target_` naming one of MODEL_CLASSES, `_convert_`, and parameters of that class with
+    plain values (no Hydra special keys, no `${...}` interpolations, at any depth).
+    """
+    if not isinstance(config, Mapping):
+        return "config", f"is a {type(config).__name__}, expected a dict"
+    target = config.get("_target_")
+    if not isinstance(target, str) or target not in MODEL_CLASSES:
+        return "_target_", f"is {target!r}; expected one of the project's models {sorted(MODEL_CLASSES)}"
+    found = _unplain(config, "")
+    if found:
+        return found
+    parameters = inspect.signature(MODEL_CLASSES[target]).parameters
+    unknown = [k for k in config if k not in parameters and k not in _BUILD_KEYS]
+    return (unknown[0], f"is not a parameter of {MODEL_CLASSES[target].__name__}") if unknown else None
+
+
 @dataclass
 class CEMRCheckpoint:
     model: nn.Module
@@ -303,17 +379,21 @@ def save_checkpoint(
     config: Mapping[str, Any] | DictConfig,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the model's state dict with the config that builds it (`instantiate(config)`).
+    """Write the model's state dict with the config that builds it (see `config_problem`).
 
     `extra` holds other tensors / plain values to keep alongside (e.g. a projection head's state
-    dict); everything must be loadable with weights_only=True. The write is atomic.
+    dict); everything must be loadable with weights_only=True. The write is atomic. A config that
+    `load_checkpoint` would refuse is refused here, before anything is written.
     """
     config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
     if "_target_" not in config:
         raise ValueError(
             f"config for {type(model).__name__} has no '_target_'; cannot rebuild the model from it"
         )
-    if get_class(config["_target_"]) is not type(model):
+    problem = config_problem(config)
+    if problem:
+        raise ValueError(f"{path}: config key '{problem[0]}' {problem[1]}; a checkpoint cannot store it")
+    if MODEL_CLASSES[config["_target_"]] is not type(model):
         raise ValueError(f"config '_target_' {config['_target_']} does not build a {type(model).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +412,9 @@ def save_checkpoint(
 def load_checkpoint(path: PathLike, strict: bool = True, **overrides: Any) -> CEMRCheckpoint:
     """Rebuild the model of a `save_checkpoint` file and load its weights (on CPU).
 
-    overrides replace config entries before building, e.g. `mean_params=` when the file moved.
+    The stored config is checked (`config_problem`) before anything is built, and the weights and
+    the extra state dicts must be finite. overrides replace config entries before building, e.g.
+    `mean_params=` when the file moved.
     """
     checkpoint = load_torch(path)
     if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CEMR_FORMAT:
@@ -342,7 +424,25 @@ def load_checkpoint(path: PathLike, strict: bool = True, **overrides: Any) -> CE
             "foreign files load with load_spin_checkpoint / load_dynaboa_checkpoint / load_vibe_checkpoint / "
             "load_videomae_checkpoint"
         )
+    problem = config_problem(checkpoint.get("config"))
+    if problem:
+        raise CheckpointError(
+            f"{path}: config key '{problem[0]}' {problem[1]}; refusing to build a model from it"
+        )
+    extra = checkpoint.get("extra", {})
+    if not isinstance(extra, Mapping):
+        raise CheckpointError(f"{path}: entry 'extra' should be a dict, found {type(extra).__name__}")
+    for name, tensors in extra.items():
+        bad = first_non_finite(tensors) if isinstance(tensors, Mapping) else None
+        if bad is not None:
+            raise CheckpointError(f"{path}: tensor 'extra.{name}.{bad}' holds NaN or inf values")
     config = {**checkpoint["config"], **overrides}
-    model = instantiate(config)
-    report = load_state_dict_into(model, checkpoint["state_dict"], str(path), strict=strict)
-    return CEMRCheckpoint(model=model, config=config, extra=checkpoint["extra"], report=report)
+    model_class = MODEL_CLASSES[config["_target_"]]
+    try:
+        model = model_class(**{k: v for k, v in config.items() if k not in _BUILD_KEYS})
+    except Exception as error:
+        error.add_note(f"while building the {model_class.__name__} of checkpoint {path}")
+        raise
+    state_dict = _state_dict_from(checkpoint, path, ("state_dict",), "CEMR checkpoint")
+    report = load_state_dict_into(model, state_dict, str(path), strict=strict)
+    return CEMRCheckpoint(model=model, config=config, extra=extra, report=report)
