@@ -131,3 +131,66 @@ def test_sample_is_seeded_and_within_spins_ranges():
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpinAugment(**kwargs)
+
+
+# ----------------------------------------------------------------------------- in the dataset
+
+
+def test_a_flipped_item_mirrors_crop_keypoints_and_labels(tmp_path):
+    import cv2
+
+    from cemr.data.datamodule import PreparedDataset
+    from tests.test_datamodule import RES, make_arrays
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "images").mkdir()
+    arrays = make_arrays()
+    for name in arrays["imgname"]:
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, size=(80, 100, 3), dtype=np.uint8))
+    np.savez(tmp_path / "train.npz", **arrays)
+    frames = PreparedDataset(tmp_path / "train.npz", crop_size=RES)
+    plain, flipped = frames.item(1), frames.item(1, AugmentParams(flip=True))
+
+    np.testing.assert_array_equal(flipped["img"][:, :, 1:], plain["img"].flip(-1)[:, :, :-1])
+    expected_kp = flip_keypoints_49(plain["keypoints"].numpy() * np.array([-1.0, 1.0, 1.0]))
+    expected_kp[expected_kp[:, 2] == 0, :2] = 0.0
+    np.testing.assert_allclose(flipped["keypoints"].numpy(), expected_kp, atol=1e-6)
+    assert flipped["keypoints"][30, 2] == 1.0 and flipped["keypoints"][25, 2] == 0.0  # right ankle -> left
+    np.testing.assert_allclose(flipped["pose"].numpy(), flip_pose(arrays["pose"][1]), atol=1e-6)
+    np.testing.assert_allclose(
+        flipped["joints3d"].numpy(), flip_joints(arrays["S"][1], J24_FLIP_PERM), atol=1e-6
+    )
+
+    scaled = frames.item(1, AugmentParams(scale=1.25))
+    assert scaled["scale"].item() == pytest.approx(0.16 * 1.25)
+    np.testing.assert_allclose(scaled["keypoints"][25:26, :2].numpy(), plain["keypoints"][25:26, :2] / 1.25)
+
+
+def test_training_batches_are_augmented_and_seeded(tmp_path):
+    import cv2
+
+    from cemr.data.datamodule import AugmentedFrames, CEMRDataModule
+    from tests.test_datamodule import RES, make_arrays
+
+    (tmp_path / "images").mkdir()
+    arrays = make_arrays()
+    rng = np.random.default_rng(5)
+    for name in arrays["imgname"]:
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, size=(80, 100, 3), dtype=np.uint8))
+    np.savez(tmp_path / "train.npz", **arrays)
+    np.savez(tmp_path / "test.npz", **arrays)
+    data = CEMRDataModule(tmp_path, crop_size=RES, batch_size=3, augment=SpinAugment())
+    loader = data.train_dataloader()
+    assert isinstance(loader.dataset, AugmentedFrames)
+
+    def first_batch():
+        torch.manual_seed(0)
+        return next(iter(data.train_dataloader()))
+
+    a, b = first_batch(), first_batch()
+    torch.testing.assert_close(a["img"], b["img"])
+    plain = CEMRDataModule(tmp_path, crop_size=RES, batch_size=3)
+    torch.manual_seed(0)
+    c = next(iter(plain.train_dataloader()))
+    assert torch.equal(a["index"], c["index"])  # the same rows, drawn differently
+    assert not torch.allclose(a["img"], c["img"])

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cemr.data.augment import AugmentParams, SpinAugment, augment_colour, augment_labels, flip_keypoints_49
 from cemr.data.safe_io import FileFormatError, load_npz
 from cemr.data.validate import validate_prepared
 from cemr.geometry import crop_image, normalize_keypoints, transform_keypoints
@@ -33,6 +34,7 @@ from cemr.geometry import crop_image, normalize_keypoints, transform_keypoints
 KEYPOINT_MODES = ("gt", "noisy", "detected")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+NO_AUGMENT = AugmentParams()
 GENDER_IDS = {"m": 0, "f": 1}  # anything else ('n', missing) is -1
 
 
@@ -166,37 +168,51 @@ class PreparedDataset(Dataset):
             raise FileFormatError(f"{path}: OpenCV cannot read this image (row {index} of {self.path})")
         return image[:, :, ::-1]
 
-    def crop_keypoints(self, index: int) -> np.ndarray:
-        """(49, 3) keypoints of a row in [-1, 1] crop units with confidence (noise applied for `noisy`)."""
+    def crop_keypoints(self, index: int, augment: AugmentParams = NO_AUGMENT) -> np.ndarray:
+        """(49, 3) keypoints of a row in [-1, 1] crop units with confidence (noise applied for `noisy`),
+        through the crop that `augment` scales, rotates and flips."""
         kp = self.keypoints_px[index]
-        center, scale = self.data["center"][index], float(self.data["scale"][index])
-        xy = normalize_keypoints(
-            transform_keypoints(kp[:, :2], center, scale, self.crop_size), self.crop_size
+        center, scale = self.data["center"][index], float(self.data["scale"][index]) * augment.scale
+        crop_xy = transform_keypoints(
+            kp[:, :2], center, scale, self.crop_size, rot=augment.rot, flip=augment.flip
         )
+        xy = normalize_keypoints(crop_xy, self.crop_size)
         visible = kp[:, 2] > 0
         if self.mode == "noisy":
             rng = np.random.default_rng([self.seed, index])
             xy = xy + rng.normal(0.0, self.noise_std, size=xy.shape) * visible[:, None]
         xy = np.where(visible[:, None], xy, 0.0)
-        return np.concatenate([xy, kp[:, 2:]], axis=1)
+        keypoints = np.concatenate([xy, kp[:, 2:]], axis=1)
+        return flip_keypoints_49(keypoints) if augment.flip else keypoints
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(index)
+
+    def item(self, index: int, augment: AugmentParams = NO_AUGMENT) -> dict[str, Any]:
         """img (3, res, res) ImageNet-normalised RGB, keypoints (49, 3), pose (72,), betas (10,),
         has_smpl, joints3d (24, 4), gender (0 m, 1 f, -1 unknown), seq_id, seq, person, frame,
-        index, center (2,), scale, img_hw (2,) full-image size, imgname (full path)."""
+        index, center (2,), scale, img_hw (2,) full-image size, imgname (full path).
+
+        `augment` (training only) scales, rotates, flips and recolours the crop, with every label
+        following (cemr.data.augment); `scale` is then the scaled box's.
+        """
         d = self.data
         image = self.load_image(index)
+        scale = float(d["scale"][index]) * augment.scale
         crop = crop_image(
-            np.ascontiguousarray(image), d["center"][index], float(d["scale"][index]), self.crop_size
+            np.ascontiguousarray(image), d["center"][index], scale, self.crop_size, augment.rot, augment.flip
         )
-        img = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        img = (augment_colour(crop, augment).astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        pose, joints3d = d["pose"][index], d["S"][index]
+        if augment != NO_AUGMENT:
+            pose, joints3d = augment_labels(augment, pose, joints3d)
         return {
             "img": torch.from_numpy(img.transpose(2, 0, 1).copy()),
-            "keypoints": torch.from_numpy(self.crop_keypoints(index).astype(np.float32)),
-            "pose": torch.from_numpy(d["pose"][index].astype(np.float32)),
+            "keypoints": torch.from_numpy(self.crop_keypoints(index, augment).astype(np.float32)),
+            "pose": torch.from_numpy(pose.astype(np.float32)),
             "betas": torch.from_numpy(d["shape"][index].astype(np.float32)),
             "has_smpl": torch.tensor(float(d["has_smpl"][index]), dtype=torch.float32),
-            "joints3d": torch.from_numpy(d["S"][index].astype(np.float32)),
+            "joints3d": torch.from_numpy(joints3d.astype(np.float32)),
             "gender": torch.tensor(GENDER_IDS.get(str(d["gender"][index]), -1)),
             "seq_id": torch.tensor(int(self.seq_ids[index])),
             "seq": str(d["seq"][index]),
@@ -204,10 +220,28 @@ class PreparedDataset(Dataset):
             "frame": torch.tensor(int(d["frame"][index])),
             "index": torch.tensor(index),
             "center": torch.from_numpy(d["center"][index].astype(np.float32)),
-            "scale": torch.tensor(float(d["scale"][index]), dtype=torch.float32),
+            "scale": torch.tensor(scale, dtype=torch.float32),
             "img_hw": torch.tensor(image.shape[:2]),
             "imgname": str(self.image_path(index)),
         }
+
+
+class AugmentedFrames(Dataset):
+    """The rows of a PreparedDataset, each drawn through a fresh SPIN augmentation.
+
+    A draw's seed comes from torch's generator, which Lightning seeds in the main process and in
+    every worker, so a seeded run gives the same draws with any number of workers.
+    """
+
+    def __init__(self, frames: PreparedDataset, augment: SpinAugment) -> None:
+        self.frames, self.augment = frames, augment
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng(int(torch.randint(2**62, ())))
+        return self.frames.item(index, self.augment.sample(rng))
 
 
 class TrackSampler(Sampler[int]):
@@ -269,8 +303,10 @@ class CEMRDataModule(L.LightningDataModule):
         num_workers: int = 0,
         keypoint_noise_std: float = 0.02,
         seed: int = 0,
+        augment: SpinAugment | None = None,
     ) -> None:
         super().__init__()
+        self.augment = augment
         self.root = Path(root)
         self.img_root = Path(img_root) if img_root is not None else self.root
         self.source_split, self.target_split = source_split, target_split
@@ -325,8 +361,10 @@ class CEMRDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) source batches, augmented when the datamodule has an `augment`."""
         generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(self.source, batch_size=self.batch_size, shuffle=True, generator=generator)
+        frames = self.source if self.augment is None else AugmentedFrames(self.source, self.augment)
+        return self._loader(frames, batch_size=self.batch_size, shuffle=True, generator=generator)
 
     def stream_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
         """Target frames one at a time, each track in time order: rank `rank`'s share of the tracks."""
