@@ -6,25 +6,41 @@ files are missing. Overrides without a dot that name a key of the chosen dataset
 `dataset.<key>` (so `dataset=video video_path=clip.mp4` works); `dataset.prepare.overwrite=true`
 rebuilds.
 
-Also home of the write discipline every preparer follows: arrays and images are written under a
-temporary name and renamed, and `prepare.json` (the parameters the outputs were built with) is
-written last. A dataset dir counts as prepared only when its stamp matches the parameters asked
-for and every split file exists, so an interrupted run is redone rather than trusted.
+Also home of the write discipline every preparer (and every run output) follows: files are written
+under a temporary name `.<stem>.tmp<pid><suffix>` and renamed, and `prepare.json` (the parameters
+the outputs were built with) is written last. A dataset dir counts as prepared only when its stamp
+matches the parameters asked for and every split file exists, so an interrupted run is redone
+rather than trusted. Split files in a dir that has neither a stamp nor the `.prepare.building`
+mark of an interrupted build are someone else's: they are not overwritten unless asked.
+Leftovers of killed processes (`remove_leftovers`) are removed by the next build.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import re
+import shutil
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 STAMP_NAME = "prepare.json"
+BUILDING_MARK = ".prepare.building"  # present from the start of a build until its stamp is written
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Temporaries and build dirs carry the pid of the process writing them: `.<name>.tmp<pid>[.ext]`,
+# `.<name>.building-<pid>`, `.<name>.old-<pid>`.
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|building-|old-)(?P<pid>\d+)(?:\.[^.]+)?$")
+STARTED = time.time()  # (about) when this process started: later files may be another host's
 
 
 def _temporary(path: Path) -> Path:
@@ -32,18 +48,87 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
-def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """`np.savez` to a temporary name, then rename over `path` (no half-written npz is ever visible)."""
+def raise_if_disk_full(err: OSError, path: str | Path) -> None:
+    """Re-raise a full disk (ENOSPC) as such, naming the file that could not be written."""
+    if err.errno == errno.ENOSPC:
+        raise OSError(
+            errno.ENOSPC, f"disk full: no space left to write {path}; free some space and rerun", str(path)
+        ) from err
+
+
+def _write_atomic(path: str | Path, write: Callable[[IO], None], mode: str = "wb") -> Path:
+    """`write(file)` into a temporary sibling, flushed to disk, then renamed over `path`: a reader
+    (or a killed or full-disk run) never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
     try:
-        with open(tmp, "wb") as file:
-            np.savez(file, **arrays)
+        with open(tmp, mode) as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise_if_disk_full(err, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """`np.savez` to a temporary name, then rename over `path` (no half-written npz is ever visible)."""
+    return _write_atomic(path, lambda file: np.savez(file, **arrays))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a text file (config.yaml, metrics.json, stamps) atomically, as `save_npz_atomic` does."""
+    return _write_atomic(path, lambda file: file.write(text), mode="w")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a killed, unreaped zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_leftovers(folder: str | Path, name: str | None = None, recursive: bool = False) -> list[Path]:
+    """Remove the temporaries and build dirs (see LEFTOVER) that killed processes left in `folder`.
+
+    Only those of a process that is gone and last touched before this one started; with `name`,
+    only those of that file or dir (e.g. the hidden siblings of one dataset dir).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.rglob(".*") if recursive else folder.glob(".*")):
+        match = LEFTOVER.match(path.name)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        pid = int(match["pid"])
+        try:
+            fresh = path.lstat().st_mtime >= STARTED
+        except FileNotFoundError:
+            continue  # inside a leftover dir removed just before
+        if pid == os.getpid() or fresh or pid_alive(pid):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d leftovers of killed runs: %s", len(removed), ", ".join(map(str, removed)))
+    return removed
 
 
 def write_image_atomic(path: str | Path, image_bgr: np.ndarray) -> None:
@@ -69,28 +154,41 @@ def start_or_skip(
 ) -> bool:
     """True if `out_dir` already holds `splits` built with `params` (the caller returns at once).
 
-    Otherwise removes any old stamp (so a failed rebuild never passes for complete) and returns
-    False; the writers below create folders as needed.
+    Otherwise marks the dir as being built, removes any old stamp (so a failed rebuild never passes
+    for complete) and leftovers of killed builds, and returns False; the writers below create
+    folders as needed. Raises FileExistsError, before writing anything, where `out_dir` holds split
+    files that no build of this project made (no stamp, no build mark), unless `overwrite`.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     stamp = out_dir / STAMP_NAME
-    if not overwrite and stamp.is_file() and all((out_dir / f"{s}.npz").is_file() for s in splits):
+    found = None
+    if stamp.is_file():
         try:
-            if json.loads(stamp.read_text()) == _jsonable(params):
-                return True
-        except json.JSONDecodeError:
+            found = json.loads(stamp.read_text())
+        except (OSError, ValueError):
             pass
+    if not overwrite and found == _jsonable(params) and all((out_dir / f"{s}.npz").is_file() for s in splits):
+        return True
+    ours = isinstance(found, dict) or (out_dir / BUILDING_MARK).is_file()
+    theirs = [f"{s}.npz" for s in splits if (out_dir / f"{s}.npz").exists()]
+    if stamp.exists() and not isinstance(found, dict):
+        theirs.append(STAMP_NAME)
+    if theirs and not ours and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} holds {', '.join(theirs)} but no valid {STAMP_NAME}: not prepared by this project "
+            "(or by a version that left no mark), so they are not overwritten; choose another dataset.root, "
+            "or pass dataset.prepare.overwrite=true to replace them"
+        )
+    write_text_atomic(out_dir / BUILDING_MARK, json.dumps(_jsonable(params), sort_keys=True))
     stamp.unlink(missing_ok=True)
+    remove_leftovers(out_dir, recursive=True)
     return False
 
 
 def mark_prepared(out_dir: str | Path, params: dict[str, Any]) -> None:
     """Write the stamp, last, once every output is in place."""
-    stamp = Path(out_dir) / STAMP_NAME
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(stamp)
-    tmp.write_text(json.dumps(_jsonable(params), indent=2, sort_keys=True))
-    os.replace(tmp, stamp)
+    write_text_atomic(Path(out_dir) / STAMP_NAME, json.dumps(_jsonable(params), indent=2, sort_keys=True))
+    (Path(out_dir) / BUILDING_MARK).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- CLI

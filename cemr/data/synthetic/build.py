@@ -4,7 +4,7 @@ Layout of `out_dir` (the same one the 3DPW and H3.6M preprocessors write):
 
     images/<seq>/image_<frame:05d>.jpg
     source_train.npz  source_test.npz  target_test.npz
-    meta.json         generation config, generator version, content hash (written last)
+    meta.json         generation config, generator version, settings hash, content_sha256 of the files (last)
 
 Source sequences (Human3.6M-like) are split by subject: `source_subjects = (train, test)`
 people, the test ones never appear in training. Source videos keep every
@@ -33,20 +33,25 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cemr.body import BodyModel, load_body_model
+from cemr.data.prepare import remove_leftovers
 from cemr.data.synthetic.domains import DOMAINS
 from cemr.data.synthetic.keypoints import KeypointNoise
+from cemr.data.synthetic.motions import FAMILIES, SOURCE_FAMILIES, TARGET_FAMILIES
 from cemr.data.synthetic.sequence import SequenceSpec, encode_jpeg, generate_sequence
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,9 @@ class BenchmarkConfig:
     supersample: int = 1
     bbox_scale_factor: float = 1.2
     keypoint_noise: KeypointNoise = field(default_factory=KeypointNoise)
+    # motion families (motions.FAMILIES names) each domain's sequences cycle through, in order
+    source_families: tuple[str, ...] = tuple(f.name for f in SOURCE_FAMILIES)
+    target_families: tuple[str, ...] = tuple(f.name for f in TARGET_FAMILIES)
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, expected: str) -> None:
@@ -115,6 +123,13 @@ class BenchmarkConfig:
             )
         need(is_int(self.supersample) and 1 <= self.supersample <= 4, "supersample", "an int in [1, 4]")
         need(self.bbox_scale_factor > 0, "bbox_scale_factor", "> 0")
+        for name in ("source_families", "target_families"):
+            families = getattr(self, name)
+            need(
+                len(families) > 0 and all(f in FAMILIES for f in families),
+                name,
+                f"a non-empty list of motion families among {sorted(FAMILIES)}",
+            )
 
     @property
     def source_test_sequences(self) -> int:
@@ -145,7 +160,7 @@ class BenchmarkConfig:
         ):
             for k in range(count):
                 subject = first_subject + k % subjects
-                family = source.families[k % len(source.families)].name
+                family = self.source_families[k % len(self.source_families)]
                 camera = k % source.rig_cameras
                 out[split].append(
                     SequenceSpec(
@@ -161,9 +176,8 @@ class BenchmarkConfig:
                         **common,
                     )
                 )
-        target = DOMAINS["target"]
         for k in range(self.target_sequences):
-            family = target.families[k % len(target.families)].name
+            family = self.target_families[k % len(self.target_families)]
             out["target_test"].append(
                 SequenceSpec(
                     domain="target",
@@ -195,6 +209,8 @@ def build_benchmark(
     supersample: int = 1,
     bbox_scale_factor: float = 1.2,
     keypoint_noise: Mapping | KeypointNoise | None = None,
+    source_families: Sequence[str] = tuple(f.name for f in SOURCE_FAMILIES),
+    target_families: Sequence[str] = tuple(f.name for f in TARGET_FAMILIES),
     workers: int = 2,
     progress: bool = True,
 ) -> Path:
@@ -204,8 +220,10 @@ def build_benchmark(
     `cemr.body.make_synthetic_body_model`). An existing `out_dir` whose meta.json carries the same
     content hash (config + generator version + body model files) is reused untouched; otherwise
     the benchmark is built in a temporary sibling directory and renamed into place, so a killed
-    build never leaves a directory that looks complete. `workers` processes render sequences in
-    parallel (0 or 1: in this process); the output does not depend on it.
+    build never leaves a directory that looks complete. Only a directory this function built (its
+    meta.json says so, and it holds nothing else) is ever replaced: any other non-empty `out_dir`
+    raises FileExistsError. `workers` processes render sequences in parallel (0 or 1: in this
+    process); the output does not depend on it, and they are terminated if the build stops early.
     """
     if not isinstance(keypoint_noise, KeypointNoise):
         keypoint_noise = KeypointNoise(**dict(keypoint_noise or {}))
@@ -223,8 +241,10 @@ def build_benchmark(
         supersample=supersample,
         bbox_scale_factor=float(bbox_scale_factor),
         keypoint_noise=keypoint_noise,
+        source_families=tuple(source_families),
+        target_families=tuple(target_families),
     )
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # `..` must not put the hidden siblings anywhere else
     body_model_dir = Path(body_model_dir)
     key = {
         "generator": __package__,
@@ -236,13 +256,10 @@ def build_benchmark(
     if is_complete(out_dir, content_hash):
         log.info("synthetic benchmark: reusing %s", out_dir)
         return out_dir
-    if out_dir.exists() and not (out_dir / META).is_file() and any(out_dir.iterdir()):
-        raise FileExistsError(
-            f"build_benchmark: {out_dir} exists, is not empty and has no {META}; it is not a "
-            "synthetic benchmark this function made, so it will not replace it"
-        )
+    check_replaceable(out_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir.parent, name=out_dir.name)
     tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -258,6 +275,7 @@ def build_benchmark(
         meta = {
             **key,
             "hash": content_hash,
+            "content_sha256": tree_sha256(tmp),
             "splits": counts,
             "image_size": {
                 "source": list(config.source_image_size),
@@ -279,13 +297,45 @@ def build_benchmark(
     return out_dir
 
 
-def is_complete(out_dir: Path, content_hash: str) -> bool:
-    """True if out_dir holds a finished benchmark with this content hash."""
+def _read_meta(out_dir: Path) -> dict | None:
+    """out_dir's meta.json if it is one this generator wrote, else None."""
     try:
         meta = json.loads((out_dir / META).read_text())
     except (OSError, ValueError):
-        return False
-    return meta.get("hash") == content_hash and all((out_dir / f"{split}.npz").is_file() for split in SPLITS)
+        return None
+    return meta if isinstance(meta, dict) and meta.get("generator") == __package__ else None
+
+
+def is_complete(out_dir: Path, content_hash: str) -> bool:
+    """True if out_dir holds a finished benchmark with this content hash."""
+    meta = _read_meta(out_dir)
+    return (
+        meta is not None
+        and meta.get("hash") == content_hash
+        and all((out_dir / f"{split}.npz").is_file() for split in SPLITS)
+    )
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Raise FileExistsError unless out_dir is absent, empty, or a benchmark this function built
+    holding nothing but what it writes (replacing it deletes everything in it)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"build_benchmark: {out_dir} exists and is not a directory")
+    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if not entries:
+        return
+    if _read_meta(out_dir) is None:
+        raise FileExistsError(
+            f"build_benchmark: {out_dir} exists, is not empty and has no {META} written by {__package__}; "
+            "it is not a synthetic benchmark this function made, so it will not replace it (and delete "
+            "what it holds): choose another dataset.root, or empty that directory yourself"
+        )
+    foreign = [name for name in entries if name not in OWN_ENTRIES]
+    if foreign:
+        raise FileExistsError(
+            f"build_benchmark: {out_dir} holds a synthetic benchmark but also {', '.join(foreign)}, which "
+            "it did not write; rebuilding would delete them: move them out, or choose another dataset.root"
+        )
 
 
 def body_model_hashes(body_model_dir: Path) -> dict[str, str]:
@@ -311,6 +361,16 @@ def body_model_hashes(body_model_dir: Path) -> dict[str, str]:
     return hashes
 
 
+def tree_sha256(folder: Path) -> str:
+    """sha256 over every file under `folder` (relative path and bytes, in sorted order) except meta.json:
+    two builds with the same settings must give the same value on any machine and worker count."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -329,6 +389,7 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     if is_complete(out_dir, json.loads((tmp / META).read_text())["hash"]):
         return  # another process finished the same build first
+    check_replaceable(out_dir)  # again: files may have been put there during the build
     old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
     if out_dir.exists():
         out_dir.rename(old)
@@ -349,8 +410,41 @@ _WORKER_MODELS: dict[str, BodyModel] = {}
 
 
 def _init_worker(body_model_dir: Path) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Pool.terminate() stops a worker with SIGTERM
     torch.set_num_threads(1)
     _WORKER_MODELS.update(load_gendered_models(body_model_dir))
+
+
+def _render(task: tuple[SequenceSpec, Path]) -> tuple[str, dict]:
+    spec, out_dir = task
+    return spec.name, _make_sequence(spec, out_dir)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def _worker_pool(workers: int, body_model_dir: Path) -> Iterator[Pool]:
+    """A pool of `workers` processes that is terminated, not drained, when the build stops early:
+    on any exception, Ctrl-C, or SIGTERM (turned into SystemExit while the pool runs), so that a
+    killed build leaves no worker rendering on."""
+    # fork where available (no re-import of the caller's __main__, as spawn would need); the
+    # workers start here, before the progress bar starts its refresh thread
+    method = "fork" if "fork" in get_all_start_methods() else "spawn"
+    pool = get_context(method).Pool(workers, initializer=_init_worker, initargs=(body_model_dir,))
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+    try:
+        yield pool
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _make_sequence(spec: SequenceSpec, out_dir: Path, models: dict[str, BodyModel] | None = None) -> dict:
@@ -394,17 +488,9 @@ def _generate(
         TimeRemainingColumn(),
     )
     rows: dict[str, dict] = {}
-    pool, futures = None, {}
-    if workers > 1:
-        # fork where available (no re-import of the caller's __main__, as spawn would need); all
-        # workers start at the first submit, before the progress bar starts its refresh thread
-        method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        pool = ProcessPoolExecutor(
-            workers, mp_context=get_context(method), initializer=_init_worker, initargs=(body_model_dir,)
-        )
-        futures = {pool.submit(_make_sequence, spec, out_dir): spec.name for spec in todo}
     start = time.perf_counter()
-    with Progress(*columns, disable=not show_progress) as bar:
+    pooled = _worker_pool(workers, body_model_dir) if workers > 1 else nullcontext()
+    with pooled as pool, Progress(*columns, disable=not show_progress) as bar:
         task = bar.add_task("generate", total=total, rate="")
 
         def done(name: str, labels: dict) -> None:
@@ -423,9 +509,8 @@ def _generate(
             finally:
                 torch.set_num_threads(threads)
         else:
-            with pool:
-                for future in as_completed(futures):
-                    done(futures[future], future.result())
+            for name, labels in pool.imap_unordered(_render, [(spec, out_dir) for spec in todo]):
+                done(name, labels)
     return rows
 
 
@@ -444,6 +529,8 @@ def _assemble(split_specs: list[SequenceSpec], rows: dict[str, dict]) -> dict[st
     arrays["person"] = np.zeros(len(arrays["frame"]), dtype=np.int64)
     return {key: arrays[key] for key in NPZ_KEYS}
 
+
+OWN_ENTRIES = {"images", META, *(f"{split}.npz" for split in SPLITS)}
 
 NPZ_KEYS = (
     "imgname",
