@@ -193,8 +193,8 @@ def test_train_source_trains_and_saves_a_tiny_vibe(tmp_path, capsys):
         tmp_path / "out",
     )
     prepare_assets(cfg)
-    path = train_source(cfg)
-    checkpoint = load_checkpoint(path)
+    train_source(cfg)
+    checkpoint = load_checkpoint(cfg.training.checkpoint)
     model = checkpoint.model.eval()
     assert isinstance(model, VIBE) and model.seq_len == SEQ_LEN
     # P was fitted on the mean VIBE trunk features of the 4 source clips of 4 frames.

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from cemr.data.clips import ClipDataset
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.models import VideoMAEPretrainer, load_checkpoint, save_checkpoint
+from cemr.models.checkpoints import CEMRCheckpoint, LoadReport
 from cemr.prediction import predict_frames
 from cemr.runtime import (
     build_body_model,
@@ -37,47 +38,138 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    if cfg.task not in OUTPUTS:
+        raise ValueError(f"task='{cfg.task}' is unknown; expected 'source' or 'videomae'")
+    check_outputs(cfg)  # before any work
     seed_everything(cfg.seed)
     prepare_assets(cfg)
     save_config(cfg, cfg.paths.output_dir)
     if cfg.task == "videomae":
         train_video_encoder(cfg)
         return {}
-    if cfg.task != "source":
-        raise ValueError(f"task='{cfg.task}' is unknown; expected 'source' or 'videomae'")
-    train_source(cfg)
+    trained = train_source(cfg)
     if not is_global_zero():
-        return {}  # under DDP, rank 0 alone scores the saved model
-    return evaluate_source(cfg)
+        return {}  # under DDP, rank 0 alone scores the model
+    return evaluate_source(cfg, trained.model)
 
 
-def train_source(cfg: DictConfig) -> Path:
-    """Train the configured backbone on the source split and save it with its projection head.
+# What each task writes, and the config defaults of those paths (configs/training/source.yaml): a
+# checkpoint still at its default may be built on first use, one the user named must exist.
+OUTPUTS = {"source": "checkpoint", "videomae": "video_encoder_checkpoint"}
+DEFAULT_CHECKPOINTS = {
+    "checkpoint": "${paths.checkpoint_dir}/${backbone.name}_${dataset.name}_seed${seed}.ckpt",
+    "video_encoder_checkpoint": (
+        "${paths.checkpoint_dir}/videomae_${video_encoder.name}_${dataset.name}_seed${seed}.ckpt"
+    ),
+}
+TRAIN_COMMANDS = {
+    "checkpoint": "python train.py",
+    "video_encoder_checkpoint": "python train.py task=videomae",
+}
 
-    Under DDP every rank trains; rank 0 alone fits P and saves, and the others wait for the file.
+
+def smoke_setting(cfg: DictConfig) -> str | None:
+    """The trainer setting that makes this a smoke run (a few batches, not a model), or None."""
+    trainer = cfg.get("trainer") or {}
+    fast, limit, overfit = (
+        trainer.get(k) for k in ("fast_dev_run", "limit_train_batches", "overfit_batches")
+    )
+    if fast:
+        return f"trainer.fast_dev_run={fast}"
+    if limit is not None and not (isinstance(limit, float) and limit == 1.0):
+        return f"trainer.limit_train_batches={limit}"  # an int counts batches: 1 is one batch
+    if overfit:
+        return f"trainer.overfit_batches={overfit}"
+    return None
+
+
+def check_outputs(cfg: DictConfig) -> None:
+    """Say that a smoke run writes no checkpoint; refuse a real run that would replace an existing
+    checkpoint (unless training.overwrite=true), or that needs a named video encoder that is missing."""
+    key = OUTPUTS[cfg.task]
+    path = Path(cfg.training[key])
+    smoke = smoke_setting(cfg)
+    if smoke:
+        print(f"smoke run ({smoke}): no checkpoint is written; {path} is left as it is")
+    elif path.is_file() and not cfg.training.get("overwrite", False):
+        raise FileExistsError(
+            f"{path} (training.{key}) exists and this run would replace it; pass training.overwrite=true "
+            f"to replace it, or training.{key}=<new path> to save the new model elsewhere"
+        )
+    if cfg.task == "source":
+        check_named_checkpoints(cfg, "video_encoder_checkpoint")
+
+
+def is_default_checkpoint(cfg: DictConfig, key: str) -> bool:
+    """Whether training.<key> is still the config's default path (derived from backbone, dataset and
+    seed), not a path the user named."""
+    return cfg.training._get_node(key)._value() == DEFAULT_CHECKPOINTS[key]
+
+
+def check_named_checkpoints(cfg: DictConfig, *keys: str) -> None:
+    """Before any work: FileNotFoundError for a checkpoint among training.<keys> that the user named
+    and that is missing (a missing default one is built on first use, see `check_missing_checkpoint`)."""
+    for key in keys:
+        if not Path(cfg.training[key]).is_file() and not is_default_checkpoint(cfg, key):
+            check_missing_checkpoint(cfg, key)
+
+
+def check_missing_checkpoint(cfg: DictConfig, key: str) -> None:
+    """Called when the checkpoint training.<key> is missing: a path the user named is an error
+    (FileNotFoundError); the config's default one is built now, as the console says."""
+    path, command = cfg.training[key], TRAIN_COMMANDS[key]
+    if not is_default_checkpoint(cfg, key):
+        raise FileNotFoundError(
+            f"checkpoint {path} (training.{key}) not found; check the path, or train it first with "
+            f"`{command} training.{key}={path}`"
+        )
+    print(
+        f"checkpoint {path} (training.{key}, the config's default) is missing: building it now on first "
+        f"use, as `{command}` would (for the embedded default's source model: about 30 min on 2 CPU cores)"
+    )
+
+
+def train_source(cfg: DictConfig) -> CEMRCheckpoint:
+    """Train the configured backbone on the source split, fit its projection head P and save both at
+    training.checkpoint; returns the model as saved (loaded back).
+
+    Under DDP every rank trains; rank 0 alone fits P and saves, and the others wait for the file. A
+    smoke run (`smoke_setting`) saves nothing: it returns the model and head from memory.
     """
-    ensure_video_encoder(cfg)  # before the source fit, so that every DDP rank takes part in it
+    encoder = ensure_video_encoder(cfg)  # before the source fit, so that every DDP rank takes part in it
     data = build_datamodule(cfg, batch_size=cfg.training.batch_size)
     model = instantiate(cfg.backbone)
     module = SourceModule(
         model, build_body_model(cfg.body), cfg.training, cfg.focal_length, cfg.backbone.crop_size
     )
-    checkpoints = ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", save_last=True)
+    smoke = smoke_setting(cfg)
+    callbacks = (
+        [] if smoke else [ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", save_last=True)]
+    )
     trainer = build_trainer(
         cfg,
         "source",
-        callbacks=[checkpoints],
+        callbacks=callbacks,
         max_epochs=cfg.training.max_epochs,
         gradient_clip_val=cfg.training.gradient_clip_val,
+        **({"enable_checkpointing": False} if smoke else {}),
     )
     trainer.fit(module, source_dataloader(data, model), ckpt_path=cfg.training.resume_from)
     path = Path(cfg.training.checkpoint)
+    extra = None
     if trainer.is_global_zero:
-        align_head = fit_align_head(cfg, model, data.source)
-        save_checkpoint(path, model, cfg.backbone, extra={"align_head": align_head.state_dict()})
-        print(f"source model saved to {path}")
+        align_head = fit_align_head(cfg, model, data.source, load_video_encoder(cfg, encoder))
+        extra = {"align_head": align_head.state_dict()}
+        if smoke:
+            print(f"smoke run ({smoke}): source model not saved")
+        else:
+            save_checkpoint(path, model, cfg.backbone, extra=extra)
+            print(f"source model saved to {path}")
     trainer.strategy.barrier("source checkpoint saved")
-    return path
+    if smoke:
+        config = OmegaConf.to_container(cfg.backbone, resolve=True)
+        return CEMRCheckpoint(model.eval(), config, extra or {}, LoadReport("trained in this smoke run"))
+    return load_checkpoint(path)
 
 
 def sequence_length(model: torch.nn.Module) -> int | None:
@@ -115,20 +207,28 @@ def clip_features(model: torch.nn.Module, clips: torch.Tensor) -> torch.Tensor:
     return model.extract_features(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
 
 
-def ensure_video_encoder(cfg: DictConfig) -> Path:
-    """The level-3 video encoder's checkpoint, pretrained first (task=videomae) when it is missing."""
-    path = Path(cfg.training.video_encoder_checkpoint)
-    return path if path.is_file() else train_video_encoder(cfg)
+def ensure_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
+    """Make sure the level-3 video encoder exists: when its checkpoint is missing (and is the config's
+    default, see `check_missing_checkpoint`), pretrain it first (task=videomae). Returns the encoder
+    a smoke run trained (it saves nothing), else None: load it with `load_video_encoder`."""
+    if Path(cfg.training.video_encoder_checkpoint).is_file():
+        return None
+    check_missing_checkpoint(cfg, "video_encoder_checkpoint")
+    return train_video_encoder(cfg)
 
 
-def load_video_encoder(cfg: DictConfig) -> torch.nn.Module:
-    """The frozen level-3 video encoder (see `ensure_video_encoder`)."""
-    encoder = load_checkpoint(ensure_video_encoder(cfg)).model
+def load_video_encoder(cfg: DictConfig, trained: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The frozen level-3 video encoder: `trained` if given (what `ensure_video_encoder` returned),
+    else its checkpoint (built first where `ensure_video_encoder` would)."""
+    encoder = trained if trained is not None else ensure_video_encoder(cfg)
+    if encoder is None:
+        encoder = load_checkpoint(cfg.training.video_encoder_checkpoint).model
     return encoder.eval().requires_grad_(False)
 
 
-def train_video_encoder(cfg: DictConfig) -> Path:
-    """VideoMAE pretraining (tube masking, masked-pixel MSE) on clips of the source split."""
+def train_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
+    """VideoMAE pretraining (tube masking, masked-pixel MSE) on clips of the source split, saved at
+    training.video_encoder_checkpoint; a smoke run saves nothing and returns the encoder instead."""
     vm = cfg.training.videomae
     encoder = instantiate(cfg.video_encoder)
     clips = ClipDataset(
@@ -146,21 +246,26 @@ def train_video_encoder(cfg: DictConfig) -> Path:
     )
     trainer = build_trainer(cfg, "videomae", max_epochs=vm.max_epochs, enable_checkpointing=False)
     trainer.fit(module, loader)
+    smoke = smoke_setting(cfg)
+    if smoke:
+        print(f"smoke run ({smoke}): video encoder not saved")
+        return encoder
     path = Path(cfg.training.video_encoder_checkpoint)
     if trainer.is_global_zero:
         save_checkpoint(path, encoder, cfg.video_encoder)
         print(f"video encoder saved to {path}")
     trainer.strategy.barrier("video encoder saved")
-    return path
+    return None
 
 
-def fit_align_head(cfg: DictConfig, model: torch.nn.Module, frames) -> torch.nn.Module:
+def fit_align_head(
+    cfg: DictConfig, model: torch.nn.Module, frames, encoder: torch.nn.Module
+) -> torch.nn.Module:
     """Fit P: mean-pooled per-frame trunk features of a clip -> the frozen video embedding of the clip.
 
     Level 3 aligns the adapted model's P(features) with E_video(clip) by cosine, so P is trained on the
-    source clips with the same cosine loss, on frozen features.
+    source clips with the same cosine loss, on frozen features of the frozen `encoder`.
     """
-    encoder = load_video_encoder(cfg)
     clips = ClipDataset(frames, cfg.video_encoder.num_frames, stride=cfg.video_encoder.num_frames // 2)
     features, targets = [], []
     model.eval()
@@ -180,9 +285,8 @@ def fit_align_head(cfg: DictConfig, model: torch.nn.Module, frames) -> torch.nn.
     return head
 
 
-def evaluate_source(cfg: DictConfig) -> dict[str, float]:
+def evaluate_source(cfg: DictConfig, model: torch.nn.Module) -> dict[str, float]:
     """Source-model errors (mm) on the source test split and on the target: the gap adaptation must close."""
-    model = load_checkpoint(cfg.training.checkpoint).model
     body_models = build_body_models(cfg.body)
     regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
     data = build_datamodule(cfg)
