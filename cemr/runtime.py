@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -55,18 +56,135 @@ def prepare_assets(cfg: DictConfig) -> None:
 
 
 def save_config(cfg: DictConfig, out_dir: str | Path) -> Path:
-    """Write the fully resolved config of a run as `config.yaml` in its output dir."""
-    path = Path(out_dir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return path
+    """Write the fully resolved config of a run as `config.yaml` in its output dir (atomically)."""
+    from cemr.data.prepare import write_text_atomic
+
+    return write_text_atomic(Path(out_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def write_metrics(metrics: dict[str, float], out_dir: str | Path) -> Path:
-    """Write a flat dict of floats as `metrics.json` (sorted keys, stable across runs)."""
-    path = Path(out_dir) / "metrics.json"
-    path.write_text(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2, sort_keys=True))
-    return path
+    """Write a flat dict of floats as `metrics.json` (sorted keys, stable across runs; atomically)."""
+    from cemr.data.prepare import write_text_atomic
+
+    text = json.dumps({k: float(v) for k, v in metrics.items()}, indent=2, sort_keys=True)
+    return write_text_atomic(Path(out_dir) / "metrics.json", text)
+
+
+# Settings that do not change a run's numbers: where things live, logging, progress display.
+NOT_IN_DIGEST = (
+    "paths",
+    "logger",
+    "overwrite",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "dataset.prepare.progress",
+    "dataset.prepare.workers",
+    "dataset.num_workers",
+    "training.num_workers",
+)
+
+
+def config_for_digest(cfg: DictConfig) -> dict:
+    """The resolved config less NOT_IN_DIGEST, with paths under a `paths.*` dir written relative to it
+    (`${paths.cache_dir}/synthetic_seed0`), so a run dir or data dir elsewhere gives the same digest."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    roots = sorted(
+        ((k, str(v)) for k, v in (config.get("paths") or {}).items() if isinstance(v, str) and v),
+        key=lambda item: -len(item[1]),
+    )
+
+    def relative(value):
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [relative(v) for v in value]
+        for key, root in roots:
+            if isinstance(value, str) and (value == root or value.startswith(root.rstrip("/") + "/")):
+                return f"${{paths.{key}}}{value[len(root) :]}"
+        return value
+
+    config = relative(config)
+    for dotted in NOT_IN_DIGEST:
+        *parents, last = dotted.split(".")
+        node = config
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return config
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """sha256 of `config_for_digest(cfg)`: equal for two configs that give the same numbers."""
+    return hashlib.sha256(json.dumps(config_for_digest(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(old: DictConfig, new: DictConfig, limit: int = 5) -> str:
+    """The first `limit` settings that differ between two configs (as config_for_digest sees them)."""
+    before, after = _flat(config_for_digest(old)), _flat(config_for_digest(new))
+    keys = sorted(
+        k for k in before.keys() | after.keys() if before.get(k, "<absent>") != after.get(k, "<absent>")
+    )
+    shown = [f"{k}: {before.get(k, '<absent>')!r} -> {after.get(k, '<absent>')!r}" for k in keys[:limit]]
+    return "; ".join(shown) + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+RUN_OUTPUTS = ("config.yaml", "metrics.json", "predictions.npz")
+STREAM_STATES = "adapt_state*.pt"
+
+
+def claim_run_dir(cfg: DictConfig, out_dir: str | Path) -> None:
+    """Make sure `out_dir` may take this run's outputs, before any work.
+
+    A dir without outputs, or whose `config.yaml` is this very config (a rerun, e.g. of a killed run,
+    which resumes), is fine. A dir holding another run's outputs (another config, or outputs without
+    a config.yaml) raises FileExistsError naming the dir and the differing settings, unless the
+    config says `overwrite=true`: then the old outputs and stream states are removed first, so
+    nothing of the old run is resumed or left next to the new config.
+    """
+    out_dir = Path(out_dir)
+    found = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+    found += sorted(p.name for p in out_dir.glob(STREAM_STATES))
+    if not found:
+        return
+    if cfg.get("overwrite"):
+        if is_global_zero():
+            for name in found:
+                (out_dir / name).unlink(missing_ok=True)
+            print(f"overwrite=true: removed {', '.join(found)} of an earlier run in {out_dir}")
+        return
+    ways_out = "choose another run dir (hydra.run.dir=...) or pass overwrite=true to replace them"
+    config = out_dir / "config.yaml"
+    if not config.is_file():
+        raise FileExistsError(
+            f"run dir {out_dir} holds {', '.join(found)} but no config.yaml, so they are not this run's "
+            f"outputs; {ways_out}"
+        )
+    try:
+        old = OmegaConf.load(config)
+        differences = config_differences(old, cfg) if config_digest(old) != config_digest(cfg) else ""
+    except Exception as err:  # any unreadable or foreign config.yaml
+        raise FileExistsError(
+            f"run dir {out_dir} holds {', '.join(found)} and a config.yaml that cannot be compared with "
+            f"this run's ({err}); {ways_out}"
+        ) from err
+    if differences:
+        raise FileExistsError(
+            f"run dir {out_dir} holds the outputs of another run ({', '.join(found)}), whose {config} "
+            f"differs from this run's: {differences}; rerunning there would resume or mix them: {ways_out}"
+        )
 
 
 def build_body_model(body_cfg: DictConfig, gender: str | None = None):

@@ -11,21 +11,25 @@ import torch
 from torch.utils.data import DataLoader
 
 from cemr.adapt.parallel import PaddedStream
+from cemr.data.prepare import raise_if_disk_full
 
 
 class StreamCheckpoint(L.Callback):
     """Restores the AdaptationModule's state from `path` when it exists (at setup, before the stream
     starts) and writes it there, atomically, every `every_n_frames` frames.
 
-    Under DDP each rank keeps its own file, `<stem>.rank<r>of<world><suffix>`, as each adapts its own
-    sequences.
+    Each state records what it belongs to (`belongs_to`: the run's config digest and the identity of
+    the target data and source model, see `cemr.adapt.run.stream_identity`); a state that belongs to
+    anything else is refused (StreamStateMismatch) rather than resumed. Under DDP each rank keeps its
+    own file, `<stem>.rank<r>of<world><suffix>`, as each adapts its own sequences.
     """
 
-    def __init__(self, path: str | Path, every_n_frames: int):
+    def __init__(self, path: str | Path, every_n_frames: int, belongs_to: dict | None = None):
         if every_n_frames < 1:
             raise ValueError(f"adapter.checkpoint_every must be >= 1 frame, got {every_n_frames}")
         self.path = Path(path)
         self.every = every_n_frames
+        self.belongs_to = belongs_to or {}
 
     def rank_path(self, trainer) -> Path:
         if trainer.world_size == 1:
@@ -36,15 +40,47 @@ class StreamCheckpoint(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         path = self.rank_path(trainer)
         if path.is_file():
+            check_stream_state(path, self.belongs_to)
             done = pl_module.load_resume_state(path)
             print(f"resuming from {path}: {done} frames already adapted")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if "padding" not in batch and pl_module.frames_done % self.every == 0:
             path = self.rank_path(trainer)
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(pl_module.resume_state(), tmp)
-            os.replace(tmp, path)
+            tmp = path.with_name(
+                f".{path.stem}.tmp{os.getpid()}{path.suffix}"
+            )  # as cemr.data.prepare names them
+            try:
+                torch.save({**pl_module.resume_state(), "belongs_to": self.belongs_to}, tmp)
+                os.replace(tmp, path)
+            except OSError as err:
+                raise_if_disk_full(err, path)
+                raise
+            finally:
+                tmp.unlink(missing_ok=True)
+
+
+class StreamStateMismatch(RuntimeError):
+    """A stream state (adapt_state.pt) belongs to another run: another config, target or source model."""
+
+
+def check_stream_state(path: str | Path, belongs_to: dict) -> None:
+    """Raise StreamStateMismatch, naming the file and what differs, unless the stream state at `path`
+    belongs to `belongs_to` (resuming it would mix two runs' numbers)."""
+    from cemr.data.safe_io import load_torch
+
+    found = load_torch(path).get("belongs_to")
+    if found == belongs_to:
+        return
+    if not isinstance(found, dict):
+        what = "it does not record which run it belongs to (written by an older version)"
+    else:
+        keys = sorted(k for k in found.keys() | belongs_to.keys() if found.get(k) != belongs_to.get(k))
+        what = "it belongs to another " + " and ".join(keys) + f" ({found} here, {belongs_to} now)"
+    raise StreamStateMismatch(
+        f"stream state {path} cannot be resumed by this run: {what}; rerun with the config it was "
+        "written with, choose another run dir (hydra.run.dir=...), or pass overwrite=true to start over"
+    )
 
 
 class TargetStream(L.LightningDataModule):

@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 
 from cemr.adapt.module import AdaptationModule
 from cemr.adapt.parallel import adaptation_strategy, gather_predictions
-from cemr.adapt.resume import StreamCheckpoint, TargetStream
+from cemr.adapt.resume import StreamCheckpoint, TargetStream, check_stream_state
+from cemr.data.prepare import remove_leftovers, save_npz_atomic
 from cemr.data.retrieval import ReplayBank
 from cemr.evaluation.protocol import joints14
 from cemr.evaluation.report import body_vertices, score_dataset, summarize_errors
@@ -27,13 +28,21 @@ from cemr.runtime import (
     build_body_models,
     build_datamodule,
     build_trainer,
+    claim_run_dir,
+    config_digest,
     is_global_zero,
     prepare_assets,
     save_config,
     seed_everything,
     write_metrics,
 )
-from cemr.train.run import load_video_encoder, sequence_length, train_source
+from cemr.train.run import (
+    check_missing_checkpoint,
+    check_named_checkpoints,
+    load_video_encoder,
+    sequence_length,
+    train_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +50,13 @@ METRICS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    out_dir = Path(cfg.paths.output_dir)
+    claim_run_dir(cfg, out_dir)  # before any work: a dir holding another run's outputs is refused
+    check_named_checkpoints(cfg, *checkpoints_needed(cfg))
+    if is_global_zero():
+        remove_leftovers(out_dir)
     seed_everything(cfg.seed)
     prepare_assets(cfg)
-    out_dir = Path(cfg.paths.output_dir)
     save_config(cfg, out_dir)
     source = load_source(cfg)
     check_adaptable(cfg, source.model)
@@ -51,35 +64,72 @@ def run(cfg: DictConfig) -> dict[str, float]:
     data = build_datamodule(cfg)
     target = data.target
     scorable = bool(np.any(target.data["has_smpl"] > 0))
+    belongs_to = stream_identity(cfg, target.path)
+    for state in sorted(out_dir.glob("adapt_state*.pt")):
+        check_stream_state(state, belongs_to)
 
     # Before adapt(), which changes source.model in place; a DDP rank other than 0 only adapts.
     baseline = predict_frames(source.model, target) if is_global_zero() else None
     if cfg.adapter.levels == 0:
         predictions = baseline
     else:
-        predictions = adapt(cfg, source, body_models["neutral"], data, out_dir)
+        predictions = adapt(cfg, source, body_models["neutral"], data, out_dir, belongs_to)
         if predictions is None:
             return {}  # rank 0 scores and writes every rank's predictions
 
-    metrics = {}
+    # Saved before scoring: a failure in scoring must not lose the adaptation.
     regressor = body_models["neutral"].J_regressor_h36m.double().cpu().numpy()
+    write_predictions(out_dir / "predictions.npz", predictions, target, body_models["neutral"], regressor)
+    metrics = {}
     if scorable:
         metrics.update(summarize_errors(score_dataset(predictions, target, body_models, regressor)))
         source_only = summarize_errors(score_dataset(baseline, target, body_models, regressor))
         metrics.update({f"source_{k}": v for k, v in source_only.items()})
     metrics.update(predictions.get("counters", {}))
-    write_predictions(out_dir / "predictions.npz", predictions, target, body_models["neutral"], regressor)
     write_metrics(metrics, out_dir)
     print_summary(cfg, metrics, scorable, out_dir)
     return metrics
 
 
 def load_source(cfg: DictConfig):
-    """The source checkpoint, trained first (exactly as `python train.py` would) when it is missing."""
+    """The source checkpoint. When missing, the config's default one (training.checkpoint not set) is
+    trained first, exactly as `python train.py` would; a path the user named must exist."""
     if not Path(cfg.training.checkpoint).is_file():
-        print(f"source checkpoint {cfg.training.checkpoint} is missing: training it now (python train.py)")
-        train_source(cfg)
+        check_missing_checkpoint(cfg, "checkpoint")
+        return train_source(cfg)
     return load_checkpoint(cfg.training.checkpoint, mean_params=cfg.body.mean_params)
+
+
+def checkpoints_needed(cfg: DictConfig) -> list[str]:
+    """The training.* checkpoints this run loads: the source model, and the video encoder where
+    level 3 aligns with it or where the source model must be trained first."""
+    ad = cfg.adapter
+    video = ad.levels >= 3 and ad.loss_weights.video_align > 0
+    return ["checkpoint"] + (
+        ["video_encoder_checkpoint"] if video or not Path(cfg.training.checkpoint).is_file() else []
+    )
+
+
+def stream_identity(cfg: DictConfig, target_split: str | Path) -> dict[str, str]:
+    """What a stream state belongs to: the config (less paths and display settings), the target
+    split file and the source model file (by content)."""
+    return {
+        "config": config_digest(cfg)[:16],
+        "target data": file_identity(target_split),
+        "source model": file_identity(cfg.training.checkpoint),
+    }
+
+
+def file_identity(path: str | Path) -> str:
+    """A file's name, size and sha256 (prefix); 'absent' for a missing one (a smoke run's model)."""
+    path = Path(path)
+    if not path.is_file():
+        return "absent"
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return f"{path.name}, {path.stat().st_size} bytes, sha256 {digest.hexdigest()[:16]}"
 
 
 def check_adaptable(cfg: DictConfig, model: torch.nn.Module) -> None:
@@ -97,7 +147,7 @@ def check_adaptable(cfg: DictConfig, model: torch.nn.Module) -> None:
         )
 
 
-def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path) -> dict:
+def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: dict | None = None) -> dict:
     """Stream the target through the AdaptationModule; returns predictions {index, pose, betas, counters}.
 
     Under DDP (reset=sequence) each rank adapts its share of the sequences; rank 0 returns them all,
@@ -133,7 +183,7 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path) -> dict:
         max_epochs=1,
         strategy=adaptation_strategy(cfg.trainer.get("strategy"), ad.reset),
         sync_batchnorm=False,
-        callbacks=[StreamCheckpoint(out_dir / "adapt_state.pt", ad.checkpoint_every)],
+        callbacks=[StreamCheckpoint(out_dir / "adapt_state.pt", ad.checkpoint_every, belongs_to)],
         use_distributed_sampler=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,
@@ -176,15 +226,17 @@ def write_predictions(path: Path, predictions: dict, frames, body_model, regress
     """Write predictions.npz: seq, frame, person, pose (N, 72), betas (N, 10), joints14 (N, 14, 3)."""
     index = np.asarray(predictions["index"])
     vertices = body_vertices(body_model, predictions["pose"], predictions["betas"])
-    np.savez(
+    save_npz_atomic(
         path,
-        index=index,
-        seq=np.asarray(frames.data["seq"])[index],
-        frame=np.asarray(frames.data["frame"])[index],
-        person=np.asarray(frames.data["person"])[index],
-        pose=predictions["pose"].astype(np.float32),
-        betas=predictions["betas"].astype(np.float32),
-        joints14=joints14(vertices, regressor).astype(np.float32),
+        {
+            "index": index,
+            "seq": np.asarray(frames.data["seq"])[index],
+            "frame": np.asarray(frames.data["frame"])[index],
+            "person": np.asarray(frames.data["person"])[index],
+            "pose": predictions["pose"].astype(np.float32),
+            "betas": predictions["betas"].astype(np.float32),
+            "joints14": joints14(vertices, regressor).astype(np.float32),
+        },
     )
 
 
