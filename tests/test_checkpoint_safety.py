@@ -198,3 +198,22 @@ def test_the_committed_checkpoints_still_load(tmp_path, mean_params, name):
     loaded = load_checkpoint(REPO / "checkpoints" / name, **overrides)
     assert loaded.report.ok and loaded.report.loaded
     assert type(loaded.model) is (HMR if name.startswith("hmr") else VideoEncoder)
+
+
+def test_a_checkpoint_never_makes_timm_download(tmp_path):
+    from cemr.models import HMR, load_checkpoint, save_checkpoint
+
+    mean_params = tmp_path / "mean.npz"
+    write_mean_params(mean_params)
+    config = {"_target_": "cemr.models.HMR", "mean_params": str(mean_params), **TINY_TRUNK}
+    model = HMR(**{k: v for k, v in config.items() if k != "_target_"})
+    path = save_checkpoint(tmp_path / "m.ckpt", model, config)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["pretrained"] = True
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)
+    assert loaded.config["pretrained"] is False and loaded.report.ok
+    payload["config"]["trunk"] = "hf-hub:someone/resnet18"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="'trunk' is 'hf-hub:someone/resnet18', a hub reference"):
+        load_checkpoint(path)

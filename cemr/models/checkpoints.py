@@ -436,7 +436,15 @@ def load_checkpoint(path: PathLike, strict: bool = True, **overrides: Any) -> CE
         bad = first_non_finite(tensors) if isinstance(tensors, Mapping) else None
         if bad is not None:
             raise CheckpointError(f"{path}: tensor 'extra.{name}.{bad}' holds NaN or inf values")
-    config = {**checkpoint["config"], **overrides}
+    trunk = checkpoint["config"].get("trunk")
+    if isinstance(trunk, str) and ":" in trunk:
+        raise CheckpointError(
+            f"{path}: config key 'trunk' is '{trunk}', a hub reference that timm would fetch over the "
+            "network; a checkpoint may name a local timm architecture only"
+        )
+    # the weights come from the file: building must never download ImageNet ones
+    pretrained = {"pretrained": False} if "pretrained" in checkpoint["config"] else {}
+    config = {**checkpoint["config"], **pretrained, **overrides}
     model_class = MODEL_CLASSES[config["_target_"]]
     try:
         model = model_class(**{k: v for k, v in config.items() if k not in _BUILD_KEYS})
