@@ -484,6 +484,27 @@ def test_same_seed_same_bytes_other_seed_differs(built, body_dir, tmp_path):
 def test_worker_processes_give_the_same_bytes(built, body_dir, tmp_path):
     parallel = build_benchmark(tmp_path / "parallel", body_dir, seed=0, **{**SMALL, "workers": 2})
     assert file_bytes(parallel) == file_bytes(built)
+    # the content hash a build records is that of its files, so two machines can compare builds
+    content = json.loads((parallel / "meta.json").read_text())["content_sha256"]
+    assert content == json.loads((built / "meta.json").read_text())["content_sha256"]
+    assert content == build_module.tree_sha256(built) == build_module.tree_sha256(parallel)
+    (parallel / "images").joinpath(sorted(p.name for p in (parallel / "images").iterdir())[0]).rename(
+        parallel / "images" / "renamed"
+    )
+    assert build_module.tree_sha256(parallel) != content
+
+
+def test_families_are_chosen_by_config_and_checked(body_dir, tmp_path):
+    shared = ("walking", "sitting")
+    out = build_benchmark(
+        tmp_path / "shared", body_dir, **{**SMALL, "source_families": shared, "target_families": shared}
+    )
+    for split in SPLITS:
+        names = np.unique(load_split(out, split)["seq"])
+        assert [any(f in n for f in shared) for n in names] == [True] * len(names), names
+    assert [n.split("_", 2)[2] for n in np.unique(load_split(out, "target_test")["seq"])] == list(shared)
+    with pytest.raises(ValueError, match="target_families must be a non-empty list of motion families"):
+        build_benchmark(tmp_path / "bad", body_dir, **{**SMALL, "target_families": ("moonwalk",)})
 
 
 def test_cache_reuses_and_rebuilds_on_changed_config(body_dir, tmp_path):
