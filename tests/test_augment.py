@@ -194,3 +194,15 @@ def test_training_batches_are_augmented_and_seeded(tmp_path):
     c = next(iter(plain.train_dataloader()))
     assert torch.equal(a["index"], c["index"])  # the same rows, drawn differently
     assert not torch.allclose(a["img"], c["img"])
+
+
+def test_training_config_turns_spins_augmentation_on(compose_cfg):
+    from cemr.train.run import spin_augment
+
+    assert spin_augment(compose_cfg("train").training) is None
+    cfg = compose_cfg("train", ["training.augment.enabled=true", "training.augment.rot_prob=0.6"])
+    assert spin_augment(cfg.training) == SpinAugment(rot_prob=0.6)
+    with pytest.raises(ValueError, match="flip_prob"):
+        spin_augment(
+            compose_cfg("train", ["training.augment.enabled=true", "training.augment.flip_prob=2"]).training
+        )

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from cemr.data.augment import SpinAugment
 from cemr.data.clips import ClipDataset
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.models import VideoMAEPretrainer, load_checkpoint, save_checkpoint
@@ -137,7 +138,7 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
     smoke run (`smoke_setting`) saves nothing: it returns the model and head from memory.
     """
     encoder = ensure_video_encoder(cfg)  # before the source fit, so that every DDP rank takes part in it
-    data = build_datamodule(cfg, batch_size=cfg.training.batch_size)
+    data = build_datamodule(cfg, batch_size=cfg.training.batch_size, augment=spin_augment(cfg.training))
     model = instantiate(cfg.backbone)
     module = SourceModule(
         model, build_body_model(cfg.body), cfg.training, cfg.focal_length, cfg.backbone.crop_size
@@ -170,6 +171,14 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
         config = OmegaConf.to_container(cfg.backbone, resolve=True)
         return CEMRCheckpoint(model.eval(), config, extra or {}, LoadReport("trained in this smoke run"))
     return load_checkpoint(path)
+
+
+def spin_augment(training: DictConfig) -> SpinAugment | None:
+    """The source-crop augmentation of `training.augment`, None when it is off (or absent)."""
+    node = training.get("augment")
+    if not node or not node.enabled:
+        return None
+    return SpinAugment(**{k: v for k, v in node.items() if k != "enabled"})
 
 
 def sequence_length(model: torch.nn.Module) -> int | None:
