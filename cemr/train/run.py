@@ -33,6 +33,7 @@ from cemr.runtime import (
     save_config,
     seed_everything,
 )
+from cemr.train.curve import LearningCurve
 from cemr.train.module import SourceModule, VideoMAEModule
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
     callbacks = (
         [] if smoke else [ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", save_last=True)]
     )
+    if cfg.training.get("curve") and is_global_zero():
+        callbacks.append(learning_curve(cfg, data))
     trainer = build_trainer(
         cfg,
         "source",
@@ -171,6 +174,16 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
         config = OmegaConf.to_container(cfg.backbone, resolve=True)
         return CEMRCheckpoint(model.eval(), config, extra or {}, LoadReport("trained in this smoke run"))
     return load_checkpoint(path)
+
+
+def learning_curve(cfg: DictConfig, data) -> LearningCurve:
+    """Errors on the held-out source split and the target every `training.curve.every_n_epochs`."""
+    body_models = build_body_models(cfg.body)
+    splits = {"target": data.target}
+    if cfg.dataset.get("source_test_split"):
+        splits = {"source_test": data.split(cfg.dataset.source_test_split, "gt"), **splits}
+    regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
+    return LearningCurve(splits, body_models, regressor, **cfg.training.curve)
 
 
 def spin_augment(training: DictConfig) -> SpinAugment | None:
