@@ -185,3 +185,22 @@ def test_real_preparer_outputs_pass_the_checks(request, fixture, root_of, modes)
     for path in splits:
         for mode in modes:
             assert len(PreparedDataset(path, keypoints=mode)) > 0
+
+
+def test_adapt_refuses_a_bad_target_before_it_would_train_the_source_model(compose_cfg):
+    from pathlib import Path
+
+    from cemr.adapt.run import run
+    from cemr.runtime import prepare_assets
+    from tests.conftest import tiny
+
+    cfg = compose_cfg("adapt", tiny())
+    prepare_assets(cfg)
+    target = Path(cfg.dataset.root) / f"{cfg.dataset.target_split}.npz"
+    arrays = dict(np.load(target))
+    arrays["scale"][3] = 0.0
+    np.savez(target, **arrays)
+    assert not Path(cfg.training.checkpoint).exists()
+    with pytest.raises(FileFormatError, match=r"target_test.npz: key 'scale' row 3"):
+        run(cfg)
+    assert not Path(cfg.training.checkpoint).exists()  # no source model was trained first

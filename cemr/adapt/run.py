@@ -58,11 +58,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
     prepare_assets(cfg)
     save_config(cfg, out_dir)
+    data = build_datamodule(cfg)
+    target = data.target  # read and checked before the source model, which may have to be trained first
     source = load_source(cfg)
     check_adaptable(cfg, source.model)
     body_models = build_body_models(cfg.body)
-    data = build_datamodule(cfg)
-    target = data.target
     scorable = bool(np.any(target.data["has_smpl"] > 0))
     belongs_to = stream_identity(cfg, target.path)
     for state in sorted(out_dir.glob("adapt_state*.pt")):
