@@ -96,11 +96,15 @@ class _ModelFile:
     def fail(self, key: str, problem: str) -> FileFormatError:
         return FileFormatError(f"SMPL file {self.path}: key '{key}' {problem}. {HOW_TO_GET_SMPL}")
 
-    def array(self, key: str, meaning: str, ndims: tuple[int, ...]) -> np.ndarray:
+    def array(self, key: str, meaning: str, ndims: tuple[int, ...], sparse: bool = False) -> np.ndarray:
+        """The checked dense array of `key`; a scipy.sparse value (checked by load_pickle) only where
+        `sparse` allows it, after the caller has checked its shape (a huge one would not fit dense)."""
         if key not in self.raw:
             raise self.fail(key, f"is missing (expected {meaning})")
         value = self.raw[key]
         if scipy.sparse.issparse(value):
+            if not sparse:
+                raise self.fail(key, f"is a scipy.sparse matrix, expected a dense array ({meaning})")
             value = value.toarray()
         try:
             value = np.asarray(value)
@@ -149,13 +153,11 @@ def read_smpl_file(path: Path, num_betas: int = 10) -> tuple[dict[str, np.ndarra
         f"(V, 3, {NUM_POSE_BASIS}) or (3 V, {NUM_POSE_BASIS}) with {per_vertex}",
     )
 
-    J_regressor = file.array("J_regressor", "(24, V) joint regressor", (2,))
-    file.expect(
-        J_regressor.shape == (NUM_SMPL_JOINTS, num_vertices),
-        "J_regressor",
-        J_regressor,
-        f"(24, V) with {per_vertex}",
-    )
+    stored, expected = file.raw.get("J_regressor"), f"(24, V) with {per_vertex}"
+    if scipy.sparse.issparse(stored):  # checked before it is made dense: a huge shape would not fit
+        file.expect(stored.shape == (NUM_SMPL_JOINTS, num_vertices), "J_regressor", stored, expected)
+    J_regressor = file.array("J_regressor", "(24, V) joint regressor", (2,), sparse=True)
+    file.expect(J_regressor.shape == (NUM_SMPL_JOINTS, num_vertices), "J_regressor", J_regressor, expected)
 
     weights = file.array("weights", "(V, 24) skinning weights", (2,))
     file.expect(
