@@ -66,7 +66,8 @@ GENDERS = {"m": "male", "f": "female"}
 class BenchmarkConfig:
     """Every setting that changes the generated content (the cache key hashes all of them)."""
 
-    seed: int = 0
+    seed: int = 0  # the target build
+    source_seed: int = 0  # the source domain, the same for every target build
     source_sequences: int = 40
     target_sequences: int = 8
     frames_per_sequence: int = 100
@@ -92,6 +93,7 @@ class BenchmarkConfig:
             return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
         need(is_int(self.seed) and self.seed >= 0, "seed", "a non-negative int")
+        need(is_int(self.source_seed) and self.source_seed >= 0, "source_seed", "a non-negative int")
         need(
             is_int(self.source_sequences) and self.source_sequences >= 2,
             "source_sequences",
@@ -152,7 +154,7 @@ class BenchmarkConfig:
         n_test = self.source_test_sequences
         n_train_subjects, n_test_subjects = self.source_subjects
         source = DOMAINS["source"]
-        rig = (self.seed, 0, 2)  # one studio rig for the whole source domain
+        rig = (self.source_seed, 0, 2)  # one studio rig for the whole source domain
         out: dict[str, list[SequenceSpec]] = {split: [] for split in SPLITS}
         for split, count, first_subject, subjects in (
             ("source_train", self.source_sequences - n_test, 0, n_train_subjects),
@@ -167,8 +169,8 @@ class BenchmarkConfig:
                         domain="source",
                         name=f"{split.split('_')[1]}_{k:03d}_S{subject}_{family}_cam{camera}",
                         family=family,
-                        entropy=(self.seed, 0, 0, SPLITS.index(split), k),
-                        subject_entropy=(self.seed, 0, 1, subject),
+                        entropy=(self.source_seed, 0, 0, SPLITS.index(split), k),
+                        subject_entropy=(self.source_seed, 0, 1, subject),
                         camera_entropy=rig,
                         camera_index=camera,
                         frame_stride=self.source_frame_stride,
@@ -197,6 +199,7 @@ def build_benchmark(
     out_dir: str | os.PathLike,
     body_model_dir: str | os.PathLike,
     seed: int = 0,
+    source_seed: int = 0,
     source_sequences: int = 40,
     target_sequences: int = 8,
     frames_per_sequence: int = 100,
@@ -229,6 +232,7 @@ def build_benchmark(
         keypoint_noise = KeypointNoise(**dict(keypoint_noise or {}))
     config = BenchmarkConfig(
         seed=seed,
+        source_seed=source_seed,
         source_sequences=source_sequences,
         target_sequences=target_sequences,
         frames_per_sequence=frames_per_sequence,
