@@ -58,7 +58,7 @@ def clip(tmp_path_factory):
         listed = list(people.values())[::-1] if i % 2 else list(people.values())  # JSON order is arbitrary
         if i == 5:
             listed.append(
-                np.concatenate([np.full((3, 3), 50.0), np.zeros((22, 3))])
+                np.concatenate([np.tile([50.0, 50.0, 1.0], (3, 1)), np.zeros((22, 3))])
             )  # 3 joints only: dropped
         content = {
             "version": 1.3,

@@ -61,23 +61,58 @@ class Detection:
 
 def frame_index_from_name(name: str, source: Path) -> int:
     """Frame index = the last run of digits in a file name's stem (`clip_000000000012_keypoints` -> 12)."""
-    stem = Path(str(name)).name.split(".")[0].removesuffix("_keypoints")
+    if not isinstance(name, str):
+        raise FileFormatError(
+            f"{source}: cannot tell a frame index from {_found(name)}, expected a file name"
+        )
+    stem = Path(name).name.split(".")[0].removesuffix("_keypoints")
     digits = re.findall(r"\d+", stem)
     if not digits:
         raise FileFormatError(f"{source}: cannot tell the frame index of '{name}': its name has no digits")
     return int(digits[-1])
 
 
+def _is_number(value) -> bool:
+    """A JSON number that fits a float64 (json gives True/False as bool, an int subclass)."""
+    return isinstance(value, float) or (
+        isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
+    )
+
+
+def _is_integer(value) -> bool:
+    return _is_number(value) and float(value).is_integer()
+
+
+def _found(value) -> str:
+    return repr(value) if _is_number(value) or value is None else f"a JSON {type(value).__name__}"
+
+
 def _flat_keypoints(values, lengths: dict[int, str], source: Path, what: str) -> np.ndarray:
-    """Flat x0,y0,c0,x1,... list -> (49, 3) via the layout its length implies."""
-    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    """Flat x0,y0,c0,x1,... list -> (49, 3) via the layout its length implies.
+
+    The values must be finite numbers and the confidences (every third) in [0, 1].
+    """
+    if not isinstance(values, list) or not all(_is_number(v) for v in values):
+        found = _found(values) if not isinstance(values, list) else "a list holding non-numbers"
+        raise FileFormatError(f"{source}: {what} should be a list of numbers, found {found}")
+    flat = np.asarray(values, dtype=np.float64)
     layout = lengths.get(flat.size)
     if layout is None:
         known = ", ".join(f"{n} ({name}: {n // 3} joints x 3)" for n, name in lengths.items())
         raise FileFormatError(
             f"{source}: unknown keypoint layout: {what} has {flat.size} values, expected one of {known}"
         )
-    return to_j49(flat.reshape(-1, 3), layout)
+    keypoints = flat.reshape(-1, 3)
+    bad = np.flatnonzero(~np.isfinite(keypoints).all(axis=1))
+    if bad.size:
+        raise FileFormatError(f"{source}: {what} joint {bad[0]} holds NaN or infinite values")
+    bad = np.flatnonzero((keypoints[:, 2] < 0.0) | (keypoints[:, 2] > 1.0))
+    if bad.size:
+        raise FileFormatError(
+            f"{source}: {what} joint {bad[0]} has confidence {keypoints[bad[0], 2]:g}, "
+            "expected a value in [0, 1]"
+        )
+    return to_j49(keypoints, layout)
 
 
 def _load_json(path: Path):
@@ -115,10 +150,10 @@ def read_openpose(keypoints_dir: str | Path) -> list[Detection]:
                 f"{path}: unknown keypoint layout: expected OpenPose JSON with a 'people' list, found {found}"
             )
         for i, person in enumerate(content["people"]):
-            if "pose_keypoints_2d" not in person:
+            if not isinstance(person, dict) or "pose_keypoints_2d" not in person:
+                found = f"keys: {sorted(person)}" if isinstance(person, dict) else _found(person)
                 raise FileFormatError(
-                    f"{path}: unknown keypoint layout: person {i} has no "
-                    f"'pose_keypoints_2d' (keys: {sorted(person)})"
+                    f"{path}: unknown keypoint layout: person {i} has no 'pose_keypoints_2d' ({found})"
                 )
             kp = _flat_keypoints(
                 person["pose_keypoints_2d"], _OPENPOSE_LENGTHS, path, f"people[{i}].pose_keypoints_2d"
@@ -127,8 +162,16 @@ def read_openpose(keypoints_dir: str | Path) -> list[Detection]:
     return detections
 
 
-def _read_detection_list(entries: list, path: Path, frame_of, track_key: str | None) -> list[Detection]:
-    """COCO results-style entries {image_id, keypoints (51), score, [track_key]} -> detections."""
+def _read_detection_list(
+    entries, path: Path, frame_of, track_key: str | None, id_types: tuple[type, ...]
+) -> list[Detection]:
+    """COCO results-style entries {image_id, keypoints (51), score, [track_key]} -> detections.
+
+    `image_id` must be of `id_types`; `score` a finite number; the track id an integer, alone or
+    in a one-element list (AlphaPose writes `idx` either way).
+    """
+    if not isinstance(entries, list):
+        raise FileFormatError(f"{path}: the detections should be a JSON list, found {_found(entries)}")
     detections = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "keypoints" not in entry or "image_id" not in entry:
@@ -137,16 +180,31 @@ def _read_detection_list(entries: list, path: Path, frame_of, track_key: str | N
                 f"{path}: unknown keypoint layout: entry {i} should have 'image_id' "
                 f"and 'keypoints', found {found}"
             )
+        image_id = entry["image_id"]
+        if not isinstance(image_id, id_types) or isinstance(image_id, bool):
+            expected = " or ".join("a file name" if t is str else "an integer" for t in id_types)
+            raise FileFormatError(
+                f"{path}: entry {i} 'image_id' should be {expected}, found {_found(image_id)}"
+            )
         kp = _flat_keypoints(entry["keypoints"], _COCO_LENGTHS, path, f"entry {i} 'keypoints'")
+        score = entry.get("score", 1.0)
+        if not _is_number(score) or not np.isfinite(float(score)):
+            raise FileFormatError(f"{path}: entry {i} 'score' should be a number, found {_found(score)}")
         track = None
         if track_key is not None and entry.get(track_key) is not None:
-            track = int(np.ravel(entry[track_key])[0])  # AlphaPose writes idx as a number or [number]
+            track = entry[track_key]
+            if isinstance(track, list) and len(track) == 1:
+                track = track[0]
+            if not _is_integer(track):
+                raise FileFormatError(
+                    f"{path}: entry {i} '{track_key}' should be an integer track id, found {_found(track)}"
+                )
         detections.append(
             Detection(
-                frame=frame_of(entry["image_id"]),
+                frame=frame_of(image_id),
                 keypoints=kp,
-                track=track,
-                score=float(entry.get("score", 1.0)),
+                track=None if track is None else int(track),
+                score=float(score),
             )
         )
     return detections
@@ -163,7 +221,9 @@ def read_alphapose(path: str | Path) -> list[Detection]:
             f"{path}: unknown keypoint layout: expected AlphaPose's JSON list of "
             f"detections, found a {type(content).__name__}"
         )
-    return _read_detection_list(content, path, lambda image_id: frame_index_from_name(image_id, path), "idx")
+    return _read_detection_list(
+        content, path, lambda image_id: frame_index_from_name(image_id, path), "idx", (str,)
+    )
 
 
 def read_coco(path: str | Path) -> list[Detection]:
@@ -179,25 +239,37 @@ def read_coco(path: str | Path) -> list[Detection]:
         return image_id if isinstance(image_id, int) else frame_index_from_name(image_id, path)
 
     if isinstance(content, list):
-        return _read_detection_list(content, path, frame_of_id, "track_id")
+        return _read_detection_list(content, path, frame_of_id, "track_id", (int, str))
     if not isinstance(content, dict) or not {"images", "annotations"} <= set(content):
         found = sorted(content) if isinstance(content, dict) else type(content).__name__
         raise FileFormatError(
             f"{path}: unknown keypoint layout: expected a COCO results list or a dict "
             f"with 'images' and 'annotations', found {found}"
         )
+    if not isinstance(content["images"], list):
+        raise FileFormatError(f"{path}: 'images' should be a JSON list, found {_found(content['images'])}")
     frames = {}
-    for image in content["images"]:
-        frames[image["id"]] = (
-            int(image["frame_id"]) if "frame_id" in image else frame_index_from_name(image["file_name"], path)
-        )
+    for i, image in enumerate(content["images"]):
+        if not isinstance(image, dict) or not isinstance(image.get("id"), int | str):
+            found = f"keys {sorted(image)}" if isinstance(image, dict) else _found(image)
+            raise FileFormatError(
+                f"{path}: images entry {i} should have an integer or text 'id', found {found}"
+            )
+        if "frame_id" not in image:
+            frames[image["id"]] = frame_index_from_name(image.get("file_name"), path)
+        elif _is_integer(image["frame_id"]):
+            frames[image["id"]] = int(image["frame_id"])
+        else:
+            raise FileFormatError(
+                f"{path}: images entry {i} 'frame_id' should be an integer, found {_found(image['frame_id'])}"
+            )
 
     def frame_of_image(image_id) -> int:
         if image_id not in frames:
             raise FileFormatError(f"{path}: annotation refers to image_id {image_id!r}, not in 'images'")
         return frames[image_id]
 
-    return _read_detection_list(content["annotations"], path, frame_of_image, "track_id")
+    return _read_detection_list(content["annotations"], path, frame_of_image, "track_id", (int, str))
 
 
 READERS = {"openpose": read_openpose, "alphapose": read_alphapose, "coco": read_coco}

@@ -77,18 +77,43 @@ class Sequence3DPW:
     intrinsics: np.ndarray  # (3, 3)
 
 
+def _found(value) -> str:
+    """A short description of a value found in a file, for error messages."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    if isinstance(value, list | tuple):
+        return f"a {type(value).__name__} of {len(value)}"
+    return "None" if value is None else f"a value of type {type(value).__name__}"
+
+
+def _numbers(value, path: Path, what: str, kinds: str = "iuf") -> np.ndarray:
+    """`value` as an array of numbers (numpy kinds `kinds`), or a FileFormatError naming file and `what`."""
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # ragged nested lists
+        raise FileFormatError(f"{path}: {what} is not an array ({error})") from error
+    if array.dtype.kind not in kinds:
+        raise FileFormatError(f"{path}: {what} holds {_found(array)}, expected numbers")
+    return array
+
+
+def _person_list(data: dict, key: str, people: int | None, path: Path) -> list:
+    """`data[key]`, checked to be a list with one entry per person (`people`, or at least one if None)."""
+    value = data[key]
+    if not isinstance(value, list | tuple) or not value or (people is not None and len(value) != people):
+        expected = "at least one" if people is None else f"{people}, as in 'genders'"
+        raise FileFormatError(
+            f"{path}: key '{key}' should be a list with one entry per person ({expected}), "
+            f"found {_found(value)}"
+        )
+    return list(value)
+
+
 def _per_person(data: dict, key: str, people: int, frame_shape: tuple, frames: int, path: Path) -> np.ndarray:
     """Stack the per-person list `data[key]` into (P, N, *frame_shape), checking every entry."""
-    value = data[key]
-    if not isinstance(value, list | tuple) or len(value) != people:
-        found = f"a list of {len(value)}" if isinstance(value, list | tuple) else type(value).__name__
-        raise FileFormatError(
-            f"{path}: key '{key}' should be a list with one entry per person "
-            f"({people}, as in 'genders'), found {found}"
-        )
     out = []
-    for p, entry in enumerate(value):
-        entry = np.asarray(entry)
+    for p, entry in enumerate(_person_list(data, key, people, path)):
+        entry = _numbers(entry, path, f"key '{key}' person {p}", kinds="biuf")
         expected = (frames, *frame_shape)
         if entry.shape != expected:
             raise FileFormatError(
@@ -97,6 +122,16 @@ def _per_person(data: dict, key: str, people: int, frame_shape: tuple, frames: i
             )
         out.append(entry)
     return np.stack(out)
+
+
+def _check_finite(path: Path, key: str, values: np.ndarray, used: np.ndarray) -> None:
+    """Refuse NaN/inf in `values` at the (person,) frame entries marked in `used` ((P, N) or (N,))."""
+    bad = np.argwhere(used & ~np.isfinite(values).reshape(*used.shape, -1).all(axis=-1))
+    if len(bad):
+        where = f"person {bad[0][0]} frame {bad[0][1]}" if used.ndim == 2 else f"frame {bad[0][0]}"
+        raise FileFormatError(
+            f"{path}: key '{key}' {where} holds NaN or infinite values (a frame with a valid camera pose)"
+        )
 
 
 def load_sequence(path: str | Path) -> Sequence3DPW:
@@ -119,33 +154,37 @@ def load_sequence(path: str | Path) -> Sequence3DPW:
     missing = [k for k in required if k not in data]
     if missing:
         raise FileFormatError(
-            f"{path}: not a 3DPW sequence file: missing keys {missing} (found {sorted(data)})"
+            f"{path}: not a 3DPW sequence file: missing keys {missing} (found {sorted(map(str, data))})"
         )
-    cam_poses = np.asarray(data["cam_poses"], dtype=np.float64)
+    if not isinstance(data["sequence"], str):
+        raise FileFormatError(
+            f"{path}: key 'sequence' should be the sequence name, found {_found(data['sequence'])}"
+        )
+    cam_poses = _numbers(data["cam_poses"], path, "key 'cam_poses'").astype(np.float64)
     if cam_poses.ndim != 3 or cam_poses.shape[1:] != (4, 4):
         raise FileFormatError(f"{path}: key 'cam_poses' has shape {cam_poses.shape}, expected (N, 4, 4)")
-    intrinsics = np.asarray(data["cam_intrinsics"], dtype=np.float64)
+    intrinsics = _numbers(data["cam_intrinsics"], path, "key 'cam_intrinsics'").astype(np.float64)
     if intrinsics.shape != (3, 3):
         raise FileFormatError(f"{path}: key 'cam_intrinsics' has shape {intrinsics.shape}, expected (3, 3)")
+    if not np.isfinite(intrinsics).all():
+        raise FileFormatError(f"{path}: key 'cam_intrinsics' holds NaN or infinite values")
     frames = cam_poses.shape[0]
     genders = []
-    for p, g in enumerate(data["genders"]):
-        if str(g).lower() not in _GENDERS:
+    for p, g in enumerate(_person_list(data, "genders", None, path)):
+        if not isinstance(g, str) or g.lower() not in _GENDERS:
             raise FileFormatError(f"{path}: key 'genders' person {p} is {g!r}, expected 'm' or 'f'")
-        genders.append(_GENDERS[str(g).lower()])
+        genders.append(_GENDERS[g.lower()])
     people = len(genders)
     betas = []
-    for p, b in enumerate(data["betas"]):
-        b = np.asarray(b, dtype=np.float64).reshape(-1)
+    for p, b in enumerate(_person_list(data, "betas", people, path)):
+        b = _numbers(b, path, f"key 'betas' person {p}").astype(np.float64).reshape(-1)
         if b.size < 10:
             raise FileFormatError(f"{path}: key 'betas' person {p} has {b.size} values, expected at least 10")
+        if not np.isfinite(b[:10]).all():
+            raise FileFormatError(f"{path}: key 'betas' person {p} holds NaN or infinite values")
         betas.append(b[:10])
-    if len(betas) != people:
-        raise FileFormatError(
-            f"{path}: key 'betas' has {len(betas)} entries, expected {people} (one per person)"
-        )
-    return Sequence3DPW(
-        name=str(data["sequence"]),
+    seq = Sequence3DPW(
+        name=data["sequence"],
         genders=genders,
         betas=np.stack(betas),
         poses=_per_person(data, "poses", people, (72,), frames, path).astype(np.float64),
@@ -157,6 +196,10 @@ def load_sequence(path: str | Path) -> Sequence3DPW:
         cam_poses=cam_poses,
         intrinsics=intrinsics,
     )
+    _check_finite(path, "poses", seq.poses, seq.campose_valid)
+    _check_finite(path, "trans", seq.trans, seq.campose_valid)
+    _check_finite(path, "cam_poses", cam_poses, seq.campose_valid.any(axis=0))
+    return seq
 
 
 def camera_frame_pose(pose_world: np.ndarray, cam_rotation: np.ndarray) -> np.ndarray:
