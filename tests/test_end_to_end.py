@@ -47,6 +47,7 @@ def test_adapt_writes_outputs_and_evaluate_rescores_them(workspace, capsys):
     assert recorded == pytest.approx(metrics)
     for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error", "source_mpjpe", "source_pa_mpjpe", "outer_steps"):
         assert key in recorded
+    assert "snapshot_pa_mpjpe" in recorded and "final weights, re-run" in capsys.readouterr().out
     assert recorded["frames"] == 32 and recorded["clip_steps"] == 2  # 32 frames, clip stride 16
     with np.load(out / "predictions.npz") as pred:
         assert pred["pose"].shape == (32, 72) and pred["betas"].shape == (32, 10)
@@ -82,6 +83,19 @@ def test_levels_zero_is_the_source_model(workspace):
     metrics = adapt_run(adapt_cfg(root, "levels0", ["adapter.levels=0"]))
     for key in ("mpjpe", "pa_mpjpe", "pve"):
         assert metrics[key] == metrics[f"source_{key}"]
+    assert "snapshot_pa_mpjpe" not in metrics  # nothing adapted, no final weights to re-run
+
+
+def test_snapshot_rescores_the_final_weights(workspace):
+    root, _ = workspace
+    # learning rates 0: the base weights never move, so their re-run is the source model's
+    frozen = adapt_run(
+        adapt_cfg(root, "lr0", ["adapter.levels=3", "adapter.outer.lr=0", "adapter.clip.lr=0"])
+    )
+    for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
+        assert frozen[f"snapshot_{key}"] == pytest.approx(frozen[f"source_{key}"], abs=1e-9)
+    moved = adapt_run(adapt_cfg(root, "lr_default", ["adapter.levels=2"]))
+    assert moved["snapshot_pa_mpjpe"] != moved["source_pa_mpjpe"]
 
 
 def test_evaluate_refuses_a_dir_without_predictions(tmp_path):
