@@ -65,6 +65,14 @@ BAD_REGRESSORS = {  # name -> (J_regressor, words of the expected message)
     "index_out_of_range": (_csc(indices=lambda m: _with(m.indices, 5, 10**8)), INCONSISTENT),
     "negative_index": (_csc(indices=lambda m: _with(m.indices, 5, -7)), INCONSISTENT),
     "indptr_decreasing": (_csc(indptr=lambda m: _with(m.indptr, 3, m.indptr[-1])), INCONSISTENT),
+    "indptr_negative_end": (
+        _csc(indptr=lambda m: _with(m.indptr, -1, -5)),
+        INCONSISTENT,
+    ),  # scipy skips its checks
+    "indptr_unsigned_decreasing": (
+        _csc(indptr=lambda m: _with(m.indptr, 3, m.indptr[-1]).astype(np.uint64)),
+        INCONSISTENT,
+    ),
     "indptr_past_nnz": (_csc(indptr=lambda m: _with(m.indptr, -1, 10**6)), INCONSISTENT),
     "indptr_not_from_zero": (_csc(indptr=lambda m: _with(m.indptr, 0, 2)), INCONSISTENT),
     "shape_too_wide": (_csc(_shape=(24, 10**6)), "of shape (24, 1000000) is inconsistent"),
@@ -199,13 +207,21 @@ def test_arrays_of_uninitialised_memory_are_refused(tmp_path, protocol, obj, ref
     assert str(path) in str(info.value) and refused in str(info.value)
 
 
-def test_dtype_with_out_of_bounds_field_is_refused(tmp_path):
-    """numpy's dtype state-setting takes field offsets as given: reading field 'a' would read 1 MB
-    past the array."""
-    state = (3, "|", None, ("a",), {"a": (np.dtype("<f8"), 1_000_000)}, 8, 1, 16)
-    bogus = Reduces(np.dtype, ("V8", False, True), state)
-    path = write_pickle(tmp_path / "dtype.pkl", {"data": bogus})
-    with pytest.raises(UnsafePickleError, match="dtype with fields or sub-arrays") as info:
+@pytest.mark.parametrize(
+    "spec, state",
+    [  # a field 1 MB past the 8-byte item; float64 whose flags claim object references (pointers)
+        ("V8", (3, "|", None, ("a",), {"a": (np.dtype("<f8"), 1_000_000)}, 8, 1, 16)),
+        ("f8", (3, "<", None, None, None, -1, -1, 63)),
+        ("S4", (3, "|", None, None, None, 4096, 1, 0)),
+    ],
+    ids=["field_offset", "object_flags", "item_size"],
+)
+def test_dtype_state_unlike_numpys_own_is_refused(tmp_path, spec, state):
+    """numpy's dtype state-setting takes field offsets, item sizes and flags as given."""
+    path = write_pickle(tmp_path / "dtype.pkl", {"data": Reduces(np.dtype, (spec, False, True), state)})
+    with pytest.raises(
+        UnsafePickleError, match="numpy dtype with fields, sub-arrays or sizes and flags"
+    ) as info:
         load_pickle(path)
     assert str(path) in str(info.value)
 

@@ -42,6 +42,8 @@ class UnsafePickleError(FileFormatError):
 class _StandIn:
     """Takes the place of an object whose class must not see the pickle's state; keeps the state."""
 
+    state: Any = None  # also for one made by NEWOBJ (no __init__) that the pickle gives no state
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.state: Any = None
 
@@ -140,6 +142,21 @@ class _ArrayClass:
         )
 
 
+def _plain_dtype_state(dtype: np.dtype, state: Any) -> bool:
+    """Whether `state` fits the fresh `dtype` numpy made from the pickle's type string: no fields or
+    sub-arrays (numpy takes their offsets as given), item size, alignment and flags as numpy's own
+    (flags claiming object references in float data would make numpy treat the numbers as pointers);
+    only the byte order and a datetime unit may differ."""
+    own = dtype.__reduce__()[2]
+    return (
+        isinstance(state, tuple)
+        and len(state) in (8, len(own))
+        and state[1] in ("<", ">", "|", "=")
+        and all(x is None for x in state[2:5])
+        and tuple(state[5:8]) == own[5:8]
+    )
+
+
 # The objects whose state a pickle may set (BUILD): anything else, e.g. an allowed class or
 # function, would let the file change it for the whole process.
 _BUILDABLE = (np.ndarray, np.dtype, _StandIn)
@@ -199,12 +216,11 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 f"{self.path}: the pickle sets the state of a {type(target).__name__}, which the restricted "
                 "loader refuses (only arrays, dtypes, chumpy values and sparse matrices have state)"
             )
-        if isinstance(target, np.dtype) and not (
-            isinstance(state, tuple) and len(state) in (8, 9) and all(x is None for x in state[2:5])
-        ):
+        if isinstance(target, np.dtype) and not _plain_dtype_state(target, state):
             raise UnsafePickleError(
-                f"{self.path}: the pickle holds a numpy dtype with fields or sub-arrays, which the "
-                "restricted loader refuses (numpy does not check their offsets when unpickling)"
+                f"{self.path}: the pickle holds a numpy dtype with fields, sub-arrays or sizes and flags "
+                "other than numpy's own, which the restricted loader refuses (numpy does not check them "
+                "when unpickling)"
             )
         super().load_build()
 
@@ -262,14 +278,42 @@ def _rebuild_sparse(stand_in: SparseStandIn, what: str) -> Any:
                 f"{what}: '{key}' should be a 1-D array of {kind_name}, found {_describe(value)}"
             )
     shape = (int(shape[0]), int(shape[1]))
+    problem = _sparse_problem(stand_in.sparse_format, shape, arrays)
+    if problem:
+        raise FileFormatError(f"{what} of shape {shape} is inconsistent: {problem}")
     try:
         if stand_in.sparse_format == "coo":
-            return cls((arrays["data"], (arrays["row"], arrays["col"])), shape=shape)  # checks the indices
+            return cls((arrays["data"], (arrays["row"], arrays["col"])), shape=shape)
         matrix = cls((arrays["data"], arrays["indices"], arrays["indptr"]), shape=shape)
-        matrix.check_format(full_check=True)  # indptr monotone from 0 to nnz, indices in range
+        matrix.check_format(full_check=True)
         return matrix
     except (ValueError, TypeError, IndexError, OverflowError) as error:
         raise FileFormatError(f"{what} of shape {shape} is inconsistent: {error}") from error
+
+
+def _sparse_problem(fmt: str, shape: tuple[int, int], arrays: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with these arrays for a `fmt` matrix of `shape`, or None. Checked here because
+    scipy skips its index checks when the last `indptr` entry (nnz) is not positive."""
+    data = arrays["data"]
+    if fmt == "coo":
+        for key, size in (("row", shape[0]), ("col", shape[1])):
+            index = arrays[key]
+            if len(index) != len(data):
+                return f"'{key}' has {len(index)} entries, 'data' {len(data)}"
+            if index.size and (index.min() < 0 or index.max() >= size):
+                return f"'{key}' holds indices outside [0, {size})"
+        return None
+    major, minor = shape if fmt == "csr" else shape[::-1]
+    indptr, indices = arrays["indptr"].astype(np.int64), arrays["indices"]  # unsigned diffs would wrap
+    if len(indptr) != major + 1:
+        return f"'indptr' has {len(indptr)} entries, expected {major + 1}"
+    if len(indices) != len(data):
+        return f"'indices' has {len(indices)} entries, 'data' {len(data)}"
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] > len(indices):
+        return f"'indptr' should rise from 0 to at most {len(indices)} (the stored entries)"
+    if indices.size and (indices.min() < 0 or indices.max() >= minor):
+        return f"'indices' holds indices outside [0, {minor})"
+    return None
 
 
 def _resolve(obj: Any, path: Path, done: dict[int, Any], where: tuple = (), depth: int = 0) -> Any:
