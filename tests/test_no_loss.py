@@ -236,9 +236,13 @@ def test_a_benchmark_build_removes_the_build_dirs_of_killed_builds(synthetic_bod
 
 
 def _slow_after_first(spec, models):
-    Path(os.environ["CEMR_TEST_PIDS"], str(os.getpid())).touch()
+    pids = Path(os.environ["CEMR_TEST_PIDS"])
+    (pids / str(os.getpid())).touch()
     if not spec.name.startswith("train_000"):
         time.sleep(120)
+    end = time.monotonic() + 60  # the first sequence ends once both workers run (slow on a busy machine)
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < end:
+        time.sleep(0.05)
     return _original_generate(spec, models)
 
 

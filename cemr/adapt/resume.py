@@ -3,7 +3,6 @@ the same numbers."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cemr.adapt.parallel import PaddedStream
-from cemr.data.prepare import raise_if_disk_full
+from cemr.data.prepare import write_atomic
 
 
 class StreamCheckpoint(L.Callback):
@@ -46,18 +45,8 @@ class StreamCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if "padding" not in batch and pl_module.frames_done % self.every == 0:
-            path = self.rank_path(trainer)
-            tmp = path.with_name(
-                f".{path.stem}.tmp{os.getpid()}{path.suffix}"
-            )  # as cemr.data.prepare names them
-            try:
-                torch.save({**pl_module.resume_state(), "belongs_to": self.belongs_to}, tmp)
-                os.replace(tmp, path)
-            except OSError as err:
-                raise_if_disk_full(err, path)
-                raise
-            finally:
-                tmp.unlink(missing_ok=True)
+            state = {**pl_module.resume_state(), "belongs_to": self.belongs_to}
+            write_atomic(self.rank_path(trainer), lambda file: torch.save(state, file))
 
 
 class StreamStateMismatch(RuntimeError):

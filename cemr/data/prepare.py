@@ -56,7 +56,7 @@ def raise_if_disk_full(err: OSError, path: str | Path) -> None:
         ) from err
 
 
-def _write_atomic(path: str | Path, write: Callable[[IO], None], mode: str = "wb") -> Path:
+def write_atomic(path: str | Path, write: Callable[[IO], None], mode: str = "wb") -> Path:
     """`write(file)` into a temporary sibling, flushed to disk, then renamed over `path`: a reader
     (or a killed or full-disk run) never sees a half-written file."""
     path = Path(path)
@@ -78,12 +78,12 @@ def _write_atomic(path: str | Path, write: Callable[[IO], None], mode: str = "wb
 
 def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
     """`np.savez` to a temporary name, then rename over `path` (no half-written npz is ever visible)."""
-    return _write_atomic(path, lambda file: np.savez(file, **arrays))
+    return write_atomic(path, lambda file: np.savez(file, **arrays))
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write a text file (config.yaml, metrics.json, stamps) atomically, as `save_npz_atomic` does."""
-    return _write_atomic(path, lambda file: file.write(text), mode="w")
+    return write_atomic(path, lambda file: file.write(text), mode="w")
 
 
 def pid_alive(pid: int) -> bool:

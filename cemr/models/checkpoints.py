@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cemr.data.prepare import write_atomic
 from cemr.data.safe_io import load_torch
 from cemr.models.hmr import HMR
 from cemr.models.vibe import VIBE
@@ -403,9 +404,7 @@ def save_checkpoint(
         "state_dict": model.state_dict(),
         "extra": dict(extra or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda file: torch.save(payload, file))
     return path
 
 
