@@ -83,3 +83,16 @@ def test_a_config_twice_on_one_build_and_disjoint_configs_are_refused():
     only_a = [j for j in jobs() if j.label == "adapter.levels=0"]
     with pytest.raises(ValueError, match="share no"):
         paired_differences(only_a, "adapter.levels=0", "adapter.levels=3")
+
+
+def test_builds_are_named_from_the_config_and_a_mixed_sweep_is_flagged():
+    from cemr.evaluation.builds import build_kinds
+
+    named = {"test": [0, 1], "validation": [2]}
+    assert build_kinds([2, 0, 1, 0], named) == {"test": [0, 1], "validation": [2]}
+    assert build_kinds([7], named) == {"unnamed": [7]}
+    report = builds_report(jobs(), named_builds=named)
+    assert "builds test [0, 1], validation [2])" in report
+    assert "Warning: this sweep mixes test and validation builds" in report
+    only_test = [j for j in jobs() if j.build < 2]
+    assert "Warning" not in builds_report(only_test, named_builds=named)

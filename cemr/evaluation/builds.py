@@ -111,13 +111,36 @@ def paired_differences(
     return PairedDifference(baseline, treatment, metric, np.asarray(differences), tuple(pairs))
 
 
-def builds_report(jobs: list[JobResult], metric: str = "pa_mpjpe") -> str:
-    """Markdown: the across-builds table and the paired per-sequence differences of every config pair."""
+def build_kinds(builds: Iterable[int], named: dict[str, list[int]] | None) -> dict[str, list[int]]:
+    """The builds grouped by the kind the dataset config names them (`test`, `validation`, ...);
+    builds it does not name are 'unnamed'."""
+    kinds: dict[str, list[int]] = {}
+    for build in sorted(set(builds)):
+        kind = next((k for k, seeds in (named or {}).items() if build in seeds), "unnamed")
+        kinds.setdefault(kind, []).append(build)
+    return kinds
+
+
+def builds_report(
+    jobs: list[JobResult], metric: str = "pa_mpjpe", named_builds: dict[str, list[int]] | None = None
+) -> str:
+    """Markdown: the across-builds table and the paired per-sequence differences of every config pair.
+
+    named_builds: the dataset config's `builds` (e.g. {'test': [0, 1, 2], 'validation': [100, 101]});
+    a sweep that mixes kinds is flagged, as tuning and reporting must not share builds.
+    """
     table = across_builds(jobs)
     metrics = sorted({m for row in table.values() for m in row}, key=_metric_order)
+    kinds = build_kinds((j.build for j in jobs), named_builds)
     lines = [
-        f"## Across builds (mean +- sd over builds, mm; builds {sorted({j.build for j in jobs})})",
+        "## Across builds (mean +- sd over builds, mm; builds "
+        + ", ".join(f"{kind} {builds}" for kind, builds in kinds.items())
+        + ")",
         "",
+    ]
+    if len(kinds) > 1:
+        lines += [f"**Warning: this sweep mixes {' and '.join(kinds)} builds.**", ""]
+    lines += [
         "| config | builds | " + " | ".join(metrics) + " |",
         "|---|---|" + "---|" * len(metrics),
     ]

@@ -96,7 +96,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     console = Console()
     console.print(table)
     if len(jobs) > 1:
-        report = builds_report(per_job)
+        named = OmegaConf.select(OmegaConf.load(jobs[0] / "config.yaml"), "dataset.builds", default=None)
+        report = builds_report(per_job, named_builds=OmegaConf.to_container(named) if named else None)
         path = Path(cfg.run_dir) / "builds.md"
         path.write_text(report)
         console.print(report)
