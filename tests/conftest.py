@@ -23,6 +23,7 @@ TINY = [
     "dataset.prepare.source_sequences=5",
     "dataset.prepare.target_sequences=1",
     "dataset.prepare.frames_per_sequence=32",
+    "dataset.prepare.source_frame_stride=2",
     "dataset.prepare.workers=1",
     "dataset.prepare.progress=false",
     "training.max_epochs=1",

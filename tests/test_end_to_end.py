@@ -26,6 +26,23 @@ def workspace(tmp_path_factory):
     return root, metrics
 
 
+def test_the_source_model_does_not_depend_on_training_the_video_encoder_first(workspace):
+    """The workspace's train.py built the video encoder, then the source model; with the encoder
+    already there, a second run must give the very same source model (it is seeded afresh)."""
+    import torch
+
+    from cemr.models import load_checkpoint
+
+    root, metrics = workspace
+    again = compose_config(
+        "train", [*paths(root), *TINY, f"training.checkpoint={root / 'again.ckpt'}"], root / "again"
+    )
+    assert train_run(again) == metrics
+    first = load_checkpoint(root / "checkpoints" / "hmr_small_synthetic_seed0.ckpt").model.state_dict()
+    second = load_checkpoint(root / "again.ckpt").model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def adapt_cfg(root, name, overrides=()):
     tiny_adapter = ["adapter.replay.clusters=4", "adapter.checkpoint_every=10"]
     return compose_config("adapt", [*paths(root), *TINY, *tiny_adapter, *overrides], root / name)

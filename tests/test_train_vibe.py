@@ -32,6 +32,7 @@ TINY_BENCHMARK = {
     "source_sequences": 3,
     "target_sequences": 1,
     "frames_per_sequence": 12,
+    "source_frame_stride": 2,
     "source_image_size": [48, 48],
     "target_image_size": [48, 64],
     "workers": 1,

@@ -139,6 +139,9 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
     smoke run (`smoke_setting`) saves nothing: it returns the model and head from memory.
     """
     encoder = ensure_video_encoder(cfg)  # before the source fit, so that every DDP rank takes part in it
+    # Seeded afresh: the source model must not depend on whether the video encoder was trained first,
+    # nor on what ran before in the process (adapt.py builds a missing default checkpoint this way).
+    seed_everything(cfg.seed)
     data = build_datamodule(cfg, batch_size=cfg.training.batch_size, augment=spin_augment(cfg.training))
     model = instantiate(cfg.backbone)
     module = SourceModule(
@@ -252,6 +255,7 @@ def train_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
     """VideoMAE pretraining (tube masking, masked-pixel MSE) on clips of the source split, saved at
     training.video_encoder_checkpoint; a smoke run saves nothing and returns the encoder instead."""
     vm = cfg.training.videomae
+    seed_everything(cfg.seed)  # the same encoder whether train.py, task=videomae or adapt.py builds it
     encoder = instantiate(cfg.video_encoder)
     clips = ClipDataset(
         build_datamodule(cfg).source, cfg.video_encoder.num_frames, stride=cfg.video_encoder.num_frames // 2
