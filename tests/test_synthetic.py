@@ -499,6 +499,19 @@ def test_worker_processes_give_the_same_bytes(built, body_dir, tmp_path):
     assert build_module.tree_sha256(parallel) != content
 
 
+def test_a_build_links_the_source_splits_of_a_finished_sibling(built, body_dir, tmp_path):
+    first = build_benchmark(tmp_path / "builds" / "seed0", body_dir, seed=0, **SMALL)
+    second = build_benchmark(tmp_path / "builds" / "seed1", body_dir, seed=1, **SMALL)
+    fresh = build_benchmark(tmp_path / "alone" / "seed1", body_dir, seed=1, **SMALL)
+    assert file_bytes(second) == file_bytes(fresh)  # the same bytes as rendering everything
+    image = sorted((first / "images").glob("train_000*/*.jpg"))[0].relative_to(first)
+    assert (second / image).stat().st_ino == (first / image).stat().st_ino  # linked, not rendered
+    target = sorted((second / "images").glob("wild_000*/*.jpg"))[0].relative_to(second)
+    assert not (first / target).exists() or (second / target).stat().st_ino != (first / target).stat().st_ino
+    other_source = build_benchmark(tmp_path / "builds" / "src1", body_dir, seed=0, source_seed=1, **SMALL)
+    assert (other_source / image).stat().st_ino != (first / image).stat().st_ino
+
+
 def test_families_are_chosen_by_config_and_checked(body_dir, tmp_path):
     shared = ("walking", "sitting")
     out = build_benchmark(

@@ -51,15 +51,20 @@ from cemr.body import BodyModel, load_body_model
 from cemr.data.prepare import remove_leftovers
 from cemr.data.synthetic.domains import DOMAINS
 from cemr.data.synthetic.keypoints import KeypointNoise
-from cemr.data.synthetic.motions import FAMILIES, SOURCE_FAMILIES, TARGET_FAMILIES
+from cemr.data.synthetic.motions import FAMILIES
 from cemr.data.synthetic.sequence import SequenceSpec, encode_jpeg, generate_sequence
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 SPLITS = ("source_train", "source_test", "target_test")
+SOURCE_SPLITS = SPLITS[:2]
+TARGET_ONLY_SETTINGS = ("seed", "target_sequences", "target_image_size", "target_families")
 META = "meta.json"
 GENDERS = {"m": "male", "f": "female"}
+# Sequence k of a domain has family k modulo its list.
+SOURCE_FAMILY_NAMES = ("walking", "arm_raise", "arm_raise_front", "squat", "turning")
+TARGET_FAMILY_NAMES = ("sitting", "kicking", "reaching", "dancing", "bending", "crouching")
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,8 @@ class BenchmarkConfig:
     bbox_scale_factor: float = 1.2
     keypoint_noise: KeypointNoise = field(default_factory=KeypointNoise)
     # motion families (motions.FAMILIES names) each domain's sequences cycle through, in order
-    source_families: tuple[str, ...] = tuple(f.name for f in SOURCE_FAMILIES)
-    target_families: tuple[str, ...] = tuple(f.name for f in TARGET_FAMILIES)
+    source_families: tuple[str, ...] = SOURCE_FAMILY_NAMES
+    target_families: tuple[str, ...] = TARGET_FAMILY_NAMES
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, expected: str) -> None:
@@ -212,8 +217,8 @@ def build_benchmark(
     supersample: int = 1,
     bbox_scale_factor: float = 1.2,
     keypoint_noise: Mapping | KeypointNoise | None = None,
-    source_families: Sequence[str] = tuple(f.name for f in SOURCE_FAMILIES),
-    target_families: Sequence[str] = tuple(f.name for f in TARGET_FAMILIES),
+    source_families: Sequence[str] = SOURCE_FAMILY_NAMES,
+    target_families: Sequence[str] = TARGET_FAMILY_NAMES,
     workers: int = 2,
     progress: bool = True,
 ) -> Path:
@@ -256,7 +261,8 @@ def build_benchmark(
         "config": config.to_json(),
         "body_model_sha256": body_model_hashes(body_model_dir),
     }
-    content_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    content_hash = _sha256_json(key)
+    source_hash = _sha256_json({**key, "config": source_settings(key["config"])})
     if is_complete(out_dir, content_hash):
         log.info("synthetic benchmark: reusing %s", out_dir)
         return out_dir
@@ -270,15 +276,23 @@ def build_benchmark(
     try:
         start = time.perf_counter()
         specs = config.specs()
-        rows = _generate(specs, body_model_dir, tmp, workers, progress)
+        donor = find_source_donor(out_dir, source_hash)
+        if donor is not None:  # another build has these very source splits: link them, render the target
+            link_source(donor, tmp, specs)
+            log.info("synthetic benchmark: source splits linked from %s", donor)
+        todo = {split: s for split, s in specs.items() if donor is None or split not in SOURCE_SPLITS}
+        rows = _generate(todo, body_model_dir, tmp, workers, progress)
         counts = {}
         for split, split_specs in specs.items():
-            arrays = _assemble(split_specs, rows)
-            save_npz(tmp / f"{split}.npz", arrays)
-            counts[split] = {"sequences": len(split_specs), "frames": int(len(arrays["imgname"]))}
+            if split in todo:
+                save_npz(tmp / f"{split}.npz", _assemble(split_specs, rows))
+            with np.load(tmp / f"{split}.npz") as arrays:
+                frames = len(arrays["imgname"])
+            counts[split] = {"sequences": len(split_specs), "frames": frames}
         meta = {
             **key,
             "hash": content_hash,
+            "source_hash": source_hash,
             "content_sha256": tree_sha256(tmp),
             "splits": counts,
             "image_size": {
@@ -299,6 +313,42 @@ def build_benchmark(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _sha256_json(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def source_settings(config: dict) -> dict:
+    """The settings the source splits depend on: all but the target's."""
+    return {k: v for k, v in config.items() if k not in TARGET_ONLY_SETTINGS}
+
+
+def find_source_donor(out_dir: Path, source_hash: str) -> Path | None:
+    """A finished build beside out_dir whose source splits were made with the same settings."""
+    if not out_dir.parent.is_dir():
+        return None
+    for sibling in sorted(out_dir.parent.iterdir()):
+        if sibling == out_dir or sibling.name.startswith(".") or not sibling.is_dir():
+            continue
+        meta = _read_meta(sibling)
+        if meta and meta.get("source_hash") == source_hash and is_complete(sibling, meta.get("hash")):
+            return sibling
+    return None
+
+
+def link_source(donor: Path, out_dir: Path, specs: dict[str, list[SequenceSpec]]) -> None:
+    """Hard-link (or copy, across file systems) the donor's source split files and images into out_dir."""
+    files = [Path(f"{split}.npz") for split in SOURCE_SPLITS]
+    for split in SOURCE_SPLITS:
+        for spec in specs[split]:
+            files += sorted(p.relative_to(donor) for p in (donor / "images" / spec.name).iterdir())
+    for relative in files:
+        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(donor / relative, out_dir / relative)
+        except OSError:
+            shutil.copy2(donor / relative, out_dir / relative)
 
 
 def _read_meta(out_dir: Path) -> dict | None:
