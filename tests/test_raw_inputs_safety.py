@@ -190,16 +190,6 @@ BAD_ALPHAPOSE = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_ALPHAPOSE))
-def test_alphapose_fields_of_the_wrong_type_or_range(tmp_path, case):
-    content, message = BAD_ALPHAPOSE[case]
-    path = tmp_path / "alphapose-results.json"
-    path.write_text(json.dumps(content))
-    with pytest.raises(FileFormatError) as info:
-        read_alphapose(path)
-    assert str(info.value).startswith(f"{path}: ") and message in str(info.value), str(info.value)
-
-
 BAD_COCO = {
     "results image_id a float": (
         [{"image_id": 3.0, "keypoints": _coco_keypoints()}],
@@ -239,13 +229,20 @@ BAD_COCO = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_COCO))
-def test_coco_fields_of_the_wrong_type_or_range(tmp_path, case):
-    content, message = BAD_COCO[case]
-    path = tmp_path / "coco.json"
+DETECTION_FILES = {"alphapose": (read_alphapose, BAD_ALPHAPOSE), "coco": (read_coco, BAD_COCO)}
+
+
+@pytest.mark.parametrize(
+    ("layout", "case"),
+    [(layout, case) for layout, (_, cases) in DETECTION_FILES.items() for case in sorted(cases)],
+)
+def test_detection_fields_of_the_wrong_type_or_range(tmp_path, layout, case):
+    read, cases = DETECTION_FILES[layout]
+    content, message = cases[case]
+    path = tmp_path / f"{layout}.json"
     path.write_text(json.dumps(content))
     with pytest.raises(FileFormatError) as info:
-        read_coco(path)
+        read(path)
     assert str(info.value).startswith(f"{path}: ") and message in str(info.value), str(info.value)
 
 
