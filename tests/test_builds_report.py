@@ -13,6 +13,7 @@ from cemr.evaluation.builds import (
     builds_report,
     label_without_build,
     paired_differences,
+    shared_overrides,
 )
 
 SEQS = np.array(["s0", "s0", "s1"])
@@ -40,6 +41,13 @@ def test_label_drops_only_the_build_seed():
     assert label_without_build(["adapter.levels=3", "dataset.prepare.seed=2"]) == "adapter.levels=3"
     assert label_without_build(["dataset.prepare.seed=1"]) == "default"
     assert label_without_build(["dataset.prepare.seed_x=1"]) == "dataset.prepare.seed_x=1"
+    jobs_overrides = [["a=1", "adapter.levels=0", "dataset.prepare.seed=0"], ["a=1", "adapter.levels=3"]]
+    common = shared_overrides(jobs_overrides)
+    assert common == {"a=1"}
+    assert [label_without_build(o, common) for o in jobs_overrides] == [
+        "adapter.levels=0",
+        "adapter.levels=3",
+    ]
 
 
 def test_mean_and_sd_over_builds_of_the_frame_means():

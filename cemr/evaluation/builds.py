@@ -37,10 +37,17 @@ class JobResult:
         return {str(s): float(values[self.sequences == s].mean()) for s in dict.fromkeys(self.sequences)}
 
 
-def label_without_build(overrides: Iterable[str]) -> str:
-    """The config label of a job: its overrides less the build seed (which varies inside a group)."""
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != BUILD_SEED_KEY]
+def label_without_build(overrides: Iterable[str], common: Iterable[str] = ()) -> str:
+    """The config label of a job: its overrides less the build seed (which varies inside a group) and
+    less the `common` ones (that every job of the sweep shares)."""
+    common = set(common)
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != BUILD_SEED_KEY and o not in common]
     return " ".join(kept) or "default"
+
+
+def shared_overrides(overrides_per_job: list[list[str]]) -> set[str]:
+    """The overrides every job of a sweep has (paths, display settings...): they label nothing."""
+    return set.intersection(*map(set, overrides_per_job)) if overrides_per_job else set()
 
 
 def mean_sd(values: Iterable[float]) -> tuple[float, float, int]:

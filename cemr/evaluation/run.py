@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cemr.evaluation.builds import BUILD_SEED_KEY, JobResult, builds_report, label_without_build
+from cemr.evaluation.builds import (
+    BUILD_SEED_KEY,
+    JobResult,
+    builds_report,
+    label_without_build,
+    shared_overrides,
+)
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.runtime import build_body_models, build_datamodule
 
@@ -70,6 +76,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         table.add_column(name.upper().replace("_", "-"), justify="right")
     table.add_column("matches metrics.json")
     results, per_job = {}, []
+    common = shared_overrides([overrides_list(job) for job in jobs]) if len(jobs) > 1 else set()
     for job in jobs:
         job_cfg, errors, sequences = rescore_frames(job)
         scores = summarize_errors(errors)
@@ -77,7 +84,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
         per_job.append(
             JobResult(
-                label=label_without_build(overrides_list(job)),
+                label=label_without_build(overrides_list(job), common),
                 build=int(OmegaConf.select(job_cfg, BUILD_SEED_KEY, default=0)),
                 errors=errors,
                 sequences=sequences,
