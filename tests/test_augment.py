@@ -199,7 +199,8 @@ def test_training_batches_are_augmented_and_seeded(tmp_path):
 def test_training_config_turns_spins_augmentation_on(compose_cfg):
     from cemr.train.run import spin_augment
 
-    assert spin_augment(compose_cfg("train").training) is None
+    assert spin_augment(compose_cfg("train").training) == SpinAugment()  # SPIN's defaults
+    assert spin_augment(compose_cfg("train", ["training.augment.enabled=false"]).training) is None
     cfg = compose_cfg("train", ["training.augment.enabled=true", "training.augment.rot_prob=0.6"])
     assert spin_augment(cfg.training) == SpinAugment(rot_prob=0.6)
     with pytest.raises(ValueError, match="flip_prob"):
