@@ -370,6 +370,7 @@ def test_projected_joints_land_on_the_rendered_body(body_dir, monkeypatch):
         source_frame_stride=1,
         source_image_size=(96, 96),
         target_image_size=(80, 112),
+        target_families=("walking", "reaching"),
     ).specs()
     for spec in (specs["source_train"][0], specs["source_test"][0], specs["target_test"][1]):
         assert not FAMILIES[spec.family].seated  # no stool in front of the legs
@@ -661,7 +662,7 @@ def test_cli_build(body_dir, tmp_path, capsys):
                 "--target-sequences",
                 "1",
                 "--frames-per-sequence",
-                "2",
+                "3",  # the source keeps every 3rd frame: one
                 "--workers",
                 "0",
             ]
@@ -673,5 +674,5 @@ def test_cli_build(body_dir, tmp_path, capsys):
     assert meta["splits"] == {
         "source_train": {"sequences": 1, "frames": 1},
         "source_test": {"sequences": 1, "frames": 1},
-        "target_test": {"sequences": 1, "frames": 2},
+        "target_test": {"sequences": 1, "frames": 3},
     }
