@@ -176,9 +176,7 @@ def crop_camera_to_full_image(cam, center, scale, img_w: float, img_h: float):
 # ----------------------------------------------------------------------------- crops
 
 
-def crop_transform_matrix(
-    center, scale: float, res: int, rot: float = 0.0, flip: bool = False
-) -> np.ndarray:
+def crop_transform_matrix(center, scale: float, res: int, rot: float = 0.0, flip: bool = False) -> np.ndarray:
     """(3, 3) affine from image pixels to a res x res crop (SPIN imutils.get_transform).
 
     The box of side 200*scale around ``center`` maps onto [0, res]^2; ``rot`` (degrees)
