@@ -179,12 +179,18 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
     return load_checkpoint(path)
 
 
-def learning_curve(cfg: DictConfig, data) -> LearningCurve:
-    """Errors on the held-out source split and the target every `training.curve.every_n_epochs`."""
-    body_models = build_body_models(cfg.body)
+def scored_splits(cfg: DictConfig, data) -> dict:
+    """The splits a source model is scored on: the held-out source split (if any), then the target."""
     splits = {"target": data.target}
     if cfg.dataset.get("source_test_split"):
         splits = {"source_test": data.split(cfg.dataset.source_test_split, "gt"), **splits}
+    return splits
+
+
+def learning_curve(cfg: DictConfig, data) -> LearningCurve:
+    """Errors on the held-out source split and the target every `training.curve.every_n_epochs`."""
+    body_models = build_body_models(cfg.body)
+    splits = scored_splits(cfg, data)
     regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
     return LearningCurve(splits, body_models, regressor, **cfg.training.curve)
 
@@ -316,9 +322,7 @@ def evaluate_source(cfg: DictConfig, model: torch.nn.Module) -> dict[str, float]
     body_models = build_body_models(cfg.body)
     regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
     data = build_datamodule(cfg)
-    splits = {"target": data.target}
-    if cfg.dataset.get("source_test_split"):
-        splits = {"source_test": data.split(cfg.dataset.source_test_split, "gt"), **splits}
+    splits = scored_splits(cfg, data)
     metrics = {}
     for name, frames in splits.items():
         errors = score_dataset(predict_frames(model, frames), frames, body_models, regressor)
