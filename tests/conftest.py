@@ -69,3 +69,13 @@ def synthetic_body_dir(tmp_path_factory) -> Path:
     from cemr.body import make_synthetic_body_model
 
     return make_synthetic_body_model(tmp_path_factory.mktemp("body") / "body_synthetic")
+
+
+@pytest.fixture(scope="session")
+def parts(synthetic_body_dir):
+    """(neutral body model, GMM pose prior, mean-params file) of the synthetic body, for adaptation tests."""
+    from cemr.body import MaxMixturePrior, load_body_model
+
+    body = load_body_model(synthetic_body_dir, "neutral")
+    prior = MaxMixturePrior.from_file(synthetic_body_dir / "gmm_08.pkl")
+    return body, prior, synthetic_body_dir / "smpl_mean_params.npz"

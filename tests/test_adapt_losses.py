@@ -75,7 +75,7 @@ def _prediction(**fields) -> BodyPrediction:
     return BodyPrediction(**base)
 
 
-def test_teacher_consistency_sums_four_mean_squares_and_detaches_the_teacher():
+def test_teacher_consistency_has_dynaboas_weights_over_all_24_rotations_and_detaches_the_teacher():
     student = _prediction(
         betas=torch.ones(1, 10, requires_grad=True), keypoints_2d=torch.full((1, 49, 2), 0.5)
     )
@@ -85,9 +85,8 @@ def test_teacher_consistency_sums_four_mean_squares_and_detaches_the_teacher():
     rot[0, 0] = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
     teacher.rotmat = rot
     loss = losses.teacher_consistency(student, teacher)
-    expected = (
-        0.25 + 0.04 + 1.0 + 8.0 / 9.0
-    )  # 2D, 3D, betas, root rotation (two diagonal entries differ by 2)
+    # 5 x 2D + 5 x 3D + 0.001 x betas + rotations: two of the 24 x 9 entries differ by 2
+    expected = 5 * 0.25 + 5 * 0.04 + 0.001 * 1.0 + 8.0 / (24 * 9)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     loss.backward()
     assert teacher_betas.grad is None
@@ -127,9 +126,27 @@ def test_video_alignment_shape_consistency_and_smoothness():
     assert losses.shape_consistency(betas).item() == pytest.approx((1.0 + 0.0) / 2)  # var (1, 0), mean
     t = torch.arange(5, dtype=torch.float32)
     joints = torch.stack([t**2, torch.zeros(5), torch.zeros(5)], dim=-1)[:, None]  # x = t^2: acceleration 2
-    assert losses.smoothness(joints).item() == pytest.approx(2.0)
+    assert losses.smoothness(joints).item() == pytest.approx(4.0)  # squared
     assert losses.smoothness(joints[:, :, :] * 0 + 3.0).item() == 0.0
     assert losses.smoothness(joints[:2]).item() == 0.0  # fewer than 3 frames: no acceleration
+
+
+def test_emitted_smoothness_is_the_squared_acceleration_after_the_last_two_emitted_frames():
+    def frame(x):  # (1, 24, 3): every joint at x, hips included, plus a fixed pose offset
+        offsets = torch.arange(72, dtype=torch.float32).reshape(1, 24, 3) / 100
+        offsets[:, 2:4] = 0
+        return offsets + torch.tensor([x, 0.0, 0.0])
+
+    now = frame(5.0).requires_grad_(True)
+    assert losses.emitted_smoothness(now, [frame(1.0)]).item() == 0.0  # fewer than two emitted
+    # hip-centred, so a translation of the whole body is no acceleration
+    assert losses.emitted_smoothness(now, [frame(1.0), frame(3.0)]).item() == pytest.approx(0.0, abs=1e-10)
+    bent = frame(0.0)
+    bent[0, 10, 1] += 0.3  # one joint moved 0.3 m in the newest frame: acceleration 0.3 on 1 of 24 joints
+    loss = losses.emitted_smoothness(bent.requires_grad_(True), [frame(0.0), frame(0.0)])
+    assert loss.item() == pytest.approx(0.09 / 24)
+    loss.backward()
+    assert bent.grad.abs().sum() > 0
 
 
 def test_projection_to_crop_equals_weak_perspective_for_a_point_at_the_origin_depth():

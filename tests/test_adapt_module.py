@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader, Dataset
 from cemr.adapt.module import AdaptationModule
 from cemr.adapt.parallel import PaddedStream, gather_predictions
 from cemr.adapt.resume import StreamCheckpoint, remaining_stream
-from cemr.body import MaxMixturePrior, load_body_model
 from cemr.models import HMR
 from tests.conftest import compose_config
 
@@ -58,13 +57,6 @@ class Stream(Dataset):
             "pose": torch.zeros(72),
             "betas": torch.zeros(10),
         }
-
-
-@pytest.fixture(scope="module")
-def parts(synthetic_body_dir):
-    body = load_body_model(synthetic_body_dir, "neutral")
-    prior = MaxMixturePrior.from_file(synthetic_body_dir / "gmm_08.pkl")
-    return body, prior, synthetic_body_dir / "smpl_mean_params.npz"
 
 
 def make_module(parts, cfg, seed=0):

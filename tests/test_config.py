@@ -30,12 +30,14 @@ def test_every_group_choice_composes_and_resolves(group, choice):
 
 def test_experiments_set_the_ancestors_hyper_parameters():
     boa = compose_config("adapt", ["experiment=boa"]).adapter
+    # BOA's code: a teacher, random source labels in both steps, second order, no stopping
     assert (boa.levels, boa.teacher.enabled, boa.replay.enabled, boa.stopping.enabled) == (
         2,
-        False,
-        False,
+        True,
+        True,
         False,
     )
+    assert boa.replay.inner and boa.replay.retrieval == "random" and not boa.inner.first_order
     dyna = compose_config("adapt", ["experiment=dynaboa"]).adapter
     assert dyna.levels == 2 and dyna.inner.lr == 8e-6 and dyna.inner.first_order
     assert dyna.outer.lr == 3e-6 and list(dyna.outer.betas) == [0.5, 0.9]

@@ -45,19 +45,19 @@ def labelled_objective(
 
 
 def clip_objective(
-    pred: BodyPrediction,
-    keypoints: torch.Tensor,
-    video_embedding: torch.Tensor | None,
-    align_head: torch.nn.Module | None,
-    weights,
+    pred: BodyPrediction, keypoints: torch.Tensor, weights
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Level 3 on T frames of one track: video alignment, shape consistency, smoothness, 2D reprojection."""
+    """Level 3 on frames of one track: shape consistency, squared smoothness, 2D reprojection."""
     parts = {
         "shape_consistency": weights.shape_consistency * losses.shape_consistency(pred.betas),
         "smoothness": weights.smoothness * losses.smoothness(pred.joints[:, losses.GT_JOINTS]),
         "keypoints_2d": weights.keypoints_2d * losses.keypoint_2d(pred.keypoints_2d, keypoints),
     }
-    if video_embedding is not None and align_head is not None:
-        frame_embedding = align_head(pred.feature.mean(dim=0, keepdim=True))
-        parts["video_align"] = weights.video_align * losses.video_alignment(frame_embedding, video_embedding)
     return sum(parts.values()), parts
+
+
+def video_align(
+    pred: BodyPrediction, video_embedding: torch.Tensor, align_head: torch.nn.Module
+) -> torch.Tensor:
+    """Level 3's alignment: 1 - cos(P(mean of the T frames' features), E_video(the same T frames))."""
+    return losses.video_alignment(align_head(pred.feature.mean(dim=0, keepdim=True)), video_embedding)

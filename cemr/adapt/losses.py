@@ -49,12 +49,13 @@ def motion_consistency(
 
 
 def teacher_consistency(student, teacher) -> torch.Tensor:
-    """Mean-teacher loss between BodyPredictions (teacher detached): 2D, 3D joints, betas, root rotation."""
+    """Mean-teacher loss between BodyPredictions (teacher detached), with DynaBOA's weights:
+    5 x 2D keypoints + 5 x 3D joints + 0.001 x betas + the rotation matrices of all 24 joints."""
     return (
-        F.mse_loss(student.keypoints_2d, teacher.keypoints_2d.detach())
-        + F.mse_loss(student.joints, teacher.joints.detach())
-        + F.mse_loss(student.betas, teacher.betas.detach())
-        + F.mse_loss(student.rotmat[:, 0], teacher.rotmat[:, 0].detach())
+        5.0 * F.mse_loss(student.keypoints_2d, teacher.keypoints_2d.detach())
+        + 5.0 * F.mse_loss(student.joints, teacher.joints.detach())
+        + 0.001 * F.mse_loss(student.betas, teacher.betas.detach())
+        + F.mse_loss(student.rotmat, teacher.rotmat.detach())
     )
 
 
@@ -98,8 +99,19 @@ def shape_consistency(betas: torch.Tensor) -> torch.Tensor:
 
 
 def smoothness(joints: torch.Tensor) -> torch.Tensor:
-    """Mean norm of the 3D joint acceleration X[t-1] - 2 X[t] + X[t+1] over a (T, J, 3) track (0 if T < 3)."""
+    """Squared 3D joint acceleration |X[t-1] - 2 X[t] + X[t+1]|^2 over a (T, J, 3) track, summed over xyz
+    and averaged over triples and joints (0 if T < 3). Squared, so a few large jumps cost the most."""
     if joints.shape[0] < 3:
         return joints.sum() * 0
     accel = joints[:-2] - 2 * joints[1:-1] + joints[2:]
-    return accel.norm(dim=-1).mean()
+    return (accel**2).sum(-1).mean()
+
+
+def emitted_smoothness(now_gt24: torch.Tensor, emitted_gt24: list[torch.Tensor]) -> torch.Tensor:
+    """Level 3's sliding window: squared acceleration of the hip-centred joints of frame t's prediction
+    (B, 24, 3) after the last two predictions already emitted for this track (each (B, 24, 3), oldest
+    first, detached). They came from earlier weight states, so this is the jitter that gets scored."""
+    if len(emitted_gt24) < 2:
+        return now_gt24.sum() * 0
+    window = [centered_gt_joints(j.detach()) for j in emitted_gt24[-2:]] + [centered_gt_joints(now_gt24)]
+    return torch.stack([smoothness(torch.stack(frames)) for frames in zip(*window, strict=True)]).mean()

@@ -1,13 +1,16 @@
 """AdaptationModule: MiRRo test-time adaptation while streaming target frames in time order.
 
-Per frame t (batch of one frame of one track), with `adapter.levels = N`:
-  1. frame: a learn2learn MAML clone takes `inner.steps` steps on L_frame(t);
-  2. temporal: the clone is scored on frame t, frame t-k (motion), the EMA teacher and replayed source
-     samples; that loss updates the base weights (outer step), repeated while the head feature moved
-     more than tau (dynamic stopping);
+Per frame t (batch of one frame of one track); what runs is decided once by `Plan` (adapt/plan.py):
+  1. frame: a learn2learn MAML clone takes `inner.steps` steps on L_frame(t) (plus replayed source
+     labels, BOA);
+  2. temporal: the clone is scored on frame t and on frames it did not adapt on (t-k: its own L_frame
+     and the motion between them; replayed source samples), against the EMA teacher, and, at level 3,
+     for the smoothness of its prediction after the ones already emitted; that loss updates the base
+     weights (outer step), repeated while the head feature moved more than tau (dynamic stopping);
   3. clip: every `clip.stride` frames, a bilevel step on the track's last `clip.length` frames.
-Then the prediction for frame t is recorded: the base model's after its step (the clone's at level 1,
-which never changes the base weights).
+Then the prediction for frame t is recorded: the clone's at level 1 (which never changes the base
+weights); at levels 2-3 the updated base model's (`emit: updated`, DynaBOA) or the clone's that the
+outer step scored (`emit: clone`, one forward less).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cemr.adapt import levels
+from cemr.adapt.plan import Plan
 from cemr.adapt.teacher import ema_update, make_teacher
 from cemr.evaluation.metrics import pa_mpjpe
 from cemr.evaluation.protocol import joints14
@@ -55,7 +59,8 @@ class AdaptationModule(L.LightningModule):
         self.crop_size = crop_size
         self.video_encoder = video_encoder
         self.align_head = align_head
-        self.replay_source = replay_source  # (ReplayBank, dataset) or None
+        self.plan = Plan.from_config(adapter)
+        self.replay_source = replay_source  # (PoseIndex or ReplayBank, dataset) or None
         self.replay_weights = replay_weights  # the source-training loss weights
         self.learner = l2l.algorithms.MAML(
             self.model,
@@ -64,7 +69,7 @@ class AdaptationModule(L.LightningModule):
             allow_unused=True,
             allow_nograd=True,
         )
-        self.teacher = make_teacher(model) if adapter.teacher.enabled and adapter.levels >= 2 else None
+        self.teacher = make_teacher(model) if self.plan.teacher else None
         for frozen in (self.body_model, self.pose_prior, self.video_encoder, self.align_head):
             if frozen is not None:
                 frozen.requires_grad_(False)
@@ -155,98 +160,130 @@ class AdaptationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ levels
 
-    def _adapted_clone(self, images: torch.Tensor, keypoints: torch.Tensor):
-        """Level 1: a MAML clone after `inner.steps` steps on L_frame.
+    def _adapted_clone(self, frame: dict[str, torch.Tensor]):
+        """Level 1: a MAML clone after `inner.steps` steps on L_frame (plus replayed source labels when
+        `replay.inner`, BOA).
 
-        Also returns the clone's prediction before its first step, which is the base model's: the
-        caller reuses it instead of running the base model once more.
+        Also returns the clone's prediction of frame t before its first step, which is the base
+        model's: the caller reuses it instead of running the base model once more.
         """
+        images, keypoints = frame["img"], frame["keypoints"]
+        source = frame.get("source") if self.plan.replay_inner else None
+        batch = images if source is None else torch.cat([images, source["img"]])
+        b = images.shape[0]
         clone = self.learner.clone()
         unadapted = None
-        for _ in range(self.cfg.inner.steps):
-            pred = self.predict_body(clone, images)
+        for _ in range(self.plan.inner_steps):
+            pred = self.predict_body(clone, batch)
+            now = _slice(pred, 0, b)
             if unadapted is None:
-                unadapted = pred
-            loss, _ = levels.frame_objective(pred, keypoints, self.pose_prior, self.cfg.loss_weights)
+                unadapted = now
+            loss, _ = levels.frame_objective(now, keypoints, self.pose_prior, self.cfg.loss_weights)
+            if source is not None:
+                loss = loss + self._replay_loss(_slice(pred, b, len(batch)), source)
             if not torch.isfinite(loss):
                 self.counters["skipped_steps"] += 1
                 return self.learner.clone(), unadapted
             clone.adapt(loss)
-        if unadapted is None:
-            with torch.no_grad():
-                unadapted = self.predict_body(self.model, images)
         return clone, unadapted
 
-    def _outer_loss(self, clone, frame: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """Level 2: the clone scored on frame t, its context t-k, the teacher and replayed source samples."""
-        cfg, w = self.cfg, self.cfg.loss_weights
-        images, keypoints = [frame["img"]], [frame["keypoints"]]
-        earlier = (
-            self.history[-cfg.motion.interval]
-            if cfg.motion.enabled and len(self.history) >= cfg.motion.interval
-            else None
-        )
-        if earlier is not None:
-            images.append(earlier["img"])
-            keypoints.append(earlier["keypoints"])
-        source = (
-            self._retrieve_source(frame["feature"]) if cfg.replay.enabled and self.replay_source else None
-        )
-        if source is not None:
-            images.append(source["img"])
+    def _context_frame(self) -> dict[str, torch.Tensor] | None:
+        """Frame t-k of this track, which the clone adapted on t is also scored on; None early on."""
+        k = self.cfg.motion.interval
+        return self.history[-k] if self.plan.uses_motion_frame and len(self.history) >= k else None
+
+    def _outer_loss(self, clone, frame: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, BodyPrediction]:
+        """Level 2: the clone scored on frame t, on frame t-k (its own L_frame and the motion between
+        the two), against the teacher and on replayed source samples; at level 3 also the smoothness
+        of its prediction of t after the predictions emitted for t-2 and t-1.
+
+        Returns the loss, its parts and the clone's prediction of frame t."""
+        plan, w = self.plan, self.cfg.loss_weights
+        earlier = self._context_frame()
+        source = frame.get("source")
+        images = [frame["img"]] + ([earlier["img"]] if earlier is not None else [])
+        images += [source["img"]] if source is not None else []
         pred = self.predict_body(clone, torch.cat(images))
         b = frame["img"].shape[0]
         now = _slice(pred, 0, b)
-        loss, parts = levels.frame_objective(now, frame["keypoints"], self.pose_prior, w)
+        total, parts = levels.frame_objective(now, frame["keypoints"], self.pose_prior, w)
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_pred = self.predict_body(self.teacher, frame["img"])
             parts["teacher"] = w.teacher * levels.losses.teacher_consistency(now, teacher_pred)
         if earlier is not None:
             before = _slice(pred, b, 2 * b)
-            parts["motion"] = w.motion * levels.losses.motion_consistency(
-                now.keypoints_2d, before.keypoints_2d, frame["keypoints"], earlier["keypoints"]
-            )
+            if plan.context:
+                context, _ = levels.frame_objective(before, earlier["keypoints"], self.pose_prior, w)
+                parts["context"] = w.context * context
+            if plan.motion:
+                parts["motion"] = w.motion * levels.losses.motion_consistency(
+                    now.keypoints_2d, before.keypoints_2d, frame["keypoints"], earlier["keypoints"]
+                )
         if source is not None:
             start = b * (2 if earlier is not None else 1)
-            replay, _ = levels.labelled_objective(
-                _slice(pred, start, pred.rotmat.shape[0]), source, self.replay_weights
+            parts["replay"] = self._replay_loss(_slice(pred, start, pred.rotmat.shape[0]), source)
+        emitted = [f["joints"] for f in list(self.history)[-2:]]
+        if plan.emitted_smoothness and len(emitted) == 2:
+            parts["emitted_smoothness"] = w.emitted_smoothness * levels.losses.emitted_smoothness(
+                now.joints[:, levels.losses.GT_JOINTS], emitted
             )
-            parts["replay"] = w.replay * replay
-        total = loss + sum(v for k, v in parts.items() if k in ("teacher", "motion", "replay"))
-        return total, parts
+        extra = ("teacher", "context", "motion", "replay", "emitted_smoothness")
+        total = total + sum(v for k, v in parts.items() if k in extra)
+        return total, parts, now
 
-    def _retrieve_source(self, feature: torch.Tensor) -> dict[str, torch.Tensor]:
-        bank, dataset = self.replay_source
-        idx = bank.retrieve(feature[0], self.cfg.replay.samples, self.replay_generator)
+    def _replay_loss(self, pred: BodyPrediction, source: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The labelled source loss of the replayed samples; the i-th nearest weighs decay^i (normalised)."""
+        count = pred.rotmat.shape[0]
+        decay = torch.tensor([self.cfg.replay.decay**i for i in range(count)], dtype=pred.rotmat.dtype)
+        decay = decay / decay.sum()
+        total = 0
+        for i in range(count):
+            one = {k: v[i : i + 1] for k, v in source.items()}
+            loss, _ = levels.labelled_objective(_slice(pred, i, i + 1), one, self.replay_weights)
+            total = total + decay[i] * loss
+        return self.cfg.loss_weights.replay * total
+
+    def _retrieve_source(self, frame: dict[str, torch.Tensor], feature: torch.Tensor | None):
+        """The labelled source samples frame t replays (pose: nearest normalised 2D poses; feature:
+        drawn from the nearest k-means cluster; random: drawn from the whole split)."""
+        index, dataset = self.replay_source
+        count = self.cfg.replay.samples
+        if self.plan.replay == "pose":
+            idx = index.retrieve(frame["keypoints"][0], count)
+        elif self.plan.replay == "feature":
+            idx = index.retrieve(feature[0], count, self.replay_generator)
+        else:
+            idx = torch.randint(len(dataset), (count,), generator=self.replay_generator).tolist()
         items = [dataset[i] for i in idx]
         keys = ("img", "keypoints", "pose", "betas", "joints3d", "has_smpl")
-        return {
-            k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(self.device).float() for k in keys
-        }
+        dtype = frame["img"].dtype
+        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(self.device, dtype) for k in keys}
 
     def _clip_step(self) -> None:
-        """Level 3: adapt a clone on the first half of the clip, score it on the second, update theta."""
+        """Level 3: adapt a clone on the first half of the clip and score it on the second half; the
+        video alignment compares P(mean features of all T frames) with E_video of the same T frames."""
         frames = list(self.history)[-self.cfg.clip.length :]
         images = torch.cat([f["img"] for f in frames])
         keypoints = torch.cat([f["keypoints"] for f in frames])
         video_embedding = None
-        if self.video_encoder is not None and self.align_head is not None:
+        if self.plan.video_align and self.video_encoder is not None and self.align_head is not None:
             with torch.no_grad():
                 video_embedding = self.video_encoder(images.transpose(0, 1)[None])
         half = len(frames) // 2
         w = self.cfg.loss_weights
         clone = self.learner.clone()
-        inner, _ = levels.clip_objective(
-            self.predict_body(clone, images[:half]), keypoints[:half], video_embedding, self.align_head, w
-        )
+        inner, _ = levels.clip_objective(self.predict_body(clone, images[:half]), keypoints[:half], w)
         if not torch.isfinite(inner):
             self.counters["skipped_steps"] += 1
             return
         clone.adapt(inner)
-        outer, parts = levels.clip_objective(
-            self.predict_body(clone, images[half:]), keypoints[half:], video_embedding, self.align_head, w
-        )
+        pred = self.predict_body(clone, images if video_embedding is not None else images[half:])
+        second = _slice(pred, pred.rotmat.shape[0] - (len(frames) - half), pred.rotmat.shape[0])
+        outer, parts = levels.clip_objective(second, keypoints[half:], w)
+        if video_embedding is not None:
+            parts["video_align"] = w.video_align * levels.video_align(pred, video_embedding, self.align_head)
+            outer = outer + parts["video_align"]
         if self._step(self.optimizers()[1], outer):
             self.counters["clip_steps"] += 1
             self._log_parts("clip", parts)
@@ -261,49 +298,58 @@ class AdaptationModule(L.LightningModule):
             self._start_track(track)
         images, keypoints = batch["img"], batch["keypoints"].to(batch["img"].dtype)
         frame = {"img": images, "keypoints": keypoints}
-        levels_on = self.cfg.levels
-        if levels_on == 1:
-            final = self.predict_body(self._adapted_clone(images, keypoints)[0], images)
-        else:
+        if self.plan.replay in ("pose", "random") and self.replay_source is not None:
+            frame["source"] = self._retrieve_source(frame, None)
+        if self.plan.outer:
             final = self._temporal_steps(frame)
-        self.history.append({"img": images.detach(), "keypoints": keypoints.detach()})
+        else:
+            clone, _ = self._adapted_clone(frame)
+            with torch.no_grad():
+                final = self.predict_body(clone, images)
+        entry = {"img": images.detach(), "keypoints": keypoints.detach()}
+        self.history.append(entry)
         self.frames_in_track += 1
         if (
-            levels_on >= 3
+            self.plan.clip
             and len(self.history) >= self.cfg.clip.length
             and self.frames_in_track % self.cfg.clip.stride == 0
         ):
             self._clip_step()
             with torch.no_grad():
                 final = self.predict_body(self.model, images)
+        entry["joints"] = final.joints[:, levels.losses.GT_JOINTS].detach()
         self._record(batch, final)
 
     def _temporal_steps(self, frame: dict[str, torch.Tensor]) -> BodyPrediction:
-        """Outer steps with dynamic stopping; returns the base model's prediction after the last step."""
-        stopping = self.cfg.stopping
-        max_steps = 1 + (stopping.max_extra_steps if stopping.enabled else 0)
-        feat_before = after = None
+        """Outer steps with dynamic stopping; returns the prediction to emit for frame t (`emit`)."""
+        max_steps = 1 + (self.cfg.stopping.max_extra_steps if self.plan.stopping else 0)
+        feat_before = after = emitted = None
         for step in range(max_steps):
-            clone, unadapted = self._adapted_clone(frame["img"], frame["keypoints"])
+            clone, unadapted = self._adapted_clone(frame)
             if step == 0:  # the unadapted clone is the base model before any step on this frame
                 after = _detached(unadapted)
-                feat_before, frame["feature"] = after.head_feature, after.feature
-            loss, parts = self._outer_loss(clone, frame)
+                feat_before = after.head_feature
+                if self.plan.replay == "feature" and self.replay_source is not None:
+                    frame["source"] = self._retrieve_source(frame, after.feature)
+            loss, parts, clone_now = self._outer_loss(clone, frame)
+            emitted = _detached(clone_now)
             if not self._step(self.optimizers()[0], loss):
                 break
             self.counters["outer_steps"] += 1
             self.counters["extra_steps"] += int(step > 0)
             if self.teacher is not None:
                 ema_update(self.teacher, self.model, self.cfg.teacher.ema)
-            with torch.no_grad():
-                after = self.predict_body(self.model, frame["img"])
             if step == 0:
                 self._log_parts("frame", parts)
+            if self.plan.emit == "clone" and not self.plan.stopping:
+                return emitted
+            with torch.no_grad():
+                after = self.predict_body(self.model, frame["img"])
             discrepancy = 1 - F.cosine_similarity(feat_before, after.head_feature, dim=-1).mean()
-            if not stopping.enabled or discrepancy <= stopping.tau:
+            if not self.plan.stopping or discrepancy <= self.cfg.stopping.tau:
                 break
             feat_before = after.head_feature
-        return after
+        return emitted if self.plan.emit == "clone" and emitted is not None else after
 
     def _record(self, batch: dict[str, torch.Tensor], pred: BodyPrediction) -> None:
         pose = rotmat_to_axis_angle(pred.rotmat.detach()).reshape(-1, 72)

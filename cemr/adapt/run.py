@@ -17,9 +17,10 @@ from omegaconf import DictConfig
 
 from cemr.adapt.module import AdaptationModule
 from cemr.adapt.parallel import adaptation_strategy, gather_predictions
+from cemr.adapt.plan import Plan
 from cemr.adapt.resume import StreamCheckpoint, TargetStream, check_stream_state
 from cemr.data.prepare import remove_leftovers, save_npz_atomic
-from cemr.data.retrieval import ReplayBank
+from cemr.data.retrieval import PoseIndex, ReplayBank
 from cemr.evaluation.protocol import joints14
 from cemr.evaluation.report import body_vertices, score_dataset, summarize_errors
 from cemr.models import load_checkpoint
@@ -108,8 +109,7 @@ def load_source(cfg: DictConfig):
 def checkpoints_needed(cfg: DictConfig) -> list[str]:
     """The training.* checkpoints this run loads: the source model, and the video encoder where
     level 3 aligns with it or where the source model must be trained first."""
-    ad = cfg.adapter
-    video = ad.levels >= 3 and ad.loss_weights.video_align > 0
+    video = Plan.from_config(cfg.adapter).video_align
     return ["checkpoint"] + (
         ["video_encoder_checkpoint"] if video or not Path(cfg.training.checkpoint).is_file() else []
     )
@@ -158,15 +158,19 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: 
     Under DDP (reset=sequence) each rank adapts its share of the sequences; rank 0 returns them all,
     the other ranks None.
     """
-    ad = cfg.adapter
+    ad, plan = cfg.adapter, Plan.from_config(cfg.adapter)
     video_encoder = align_head = None
-    if ad.levels >= 3 and ad.loss_weights.video_align > 0:
+    if plan.video_align:
         video_encoder = load_video_encoder(cfg)
         align_head = torch.nn.Linear(*source.extra["align_head"]["weight"].shape[::-1])
         align_head.load_state_dict(source.extra["align_head"])
     replay = None
-    if ad.levels >= 2 and ad.replay.enabled:
+    if plan.replay == "pose":
+        replay = (PoseIndex.build(data.source.data["keypoints"]), data.source)
+    elif plan.replay == "feature":
         replay = (replay_bank(cfg, source.model, data.source), data.source)
+    elif plan.replay == "random":
+        replay = (None, data.source)
     from cemr.body import MaxMixturePrior
 
     module = AdaptationModule(

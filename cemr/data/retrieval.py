@@ -1,4 +1,10 @@
-"""Replay bank of level 2: k-means over pooled source features, queried by a target frame's feature."""
+"""Replay retrieval of level 2: which labelled source samples a target frame replays.
+
+`PoseIndex` (the default) finds the source frames whose normalised 2D pose is nearest to the target
+frame's keypoints; `ReplayBank` (DynaBOA's) draws from the k-means cluster of pooled source features
+nearest to the frame's feature. Feature retrieval collapses on a domain gap (most target frames land
+in one cluster); 2D pose is what the target frame is known to share with the source.
+"""
 
 from __future__ import annotations
 
@@ -69,3 +75,71 @@ class ReplayBank:
     def load(cls, path: str | Path) -> ReplayBank:
         with np.load(path, allow_pickle=False) as f:
             return cls(torch.from_numpy(f["centres"]), torch.from_numpy(f["assignment"]))
+
+
+# The 24 "GT" joints of the 49-joint SPIN set (keypoints[:, 25:49]).
+_GT_JOINTS = slice(25, 49)
+
+
+def _normalize(xy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(..., 24, 2) points centred at their weighted mean and scaled to unit weighted RMS radius."""
+    total = weight.sum(-2, keepdim=True).clamp(min=1e-12)
+    centred = xy - (weight * xy).sum(-2, keepdim=True) / total
+    radius = ((weight * centred**2).sum((-2, -1), keepdim=True) / total).sqrt()
+    return centred / radius.clamp(min=1e-9)
+
+
+def _gt24(keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if keypoints.ndim != 3 or keypoints.shape[1:] != (49, 3):
+        raise ValueError(f"pose retrieval: expected keypoints (N, 49, 3), got {tuple(keypoints.shape)}")
+    kp = keypoints[:, _GT_JOINTS].double()
+    return kp[..., :2], kp[..., 2:].clamp(min=0)
+
+
+def normalized_pose_2d(keypoints: torch.Tensor) -> torch.Tensor:
+    """(N, 49, 3) keypoints (x, y, conf) -> (N, 24, 3): the 24 GT joints centred at their
+    confidence-weighted mean and scaled to unit confidence-weighted RMS radius; confidence kept.
+
+    So two frames of the same pose compare equal whatever the person's place and size in the crop.
+    A frame without two confident joints gets all-zero confidence (it matches nothing).
+    """
+    xy, conf = _gt24(keypoints)
+    usable = ((conf[..., 0] > 0).sum(1) >= 2)[:, None, None]
+    return torch.cat([_normalize(xy, conf), conf], dim=-1) * usable
+
+
+@dataclass
+class PoseIndex:
+    """The 2D poses (24 GT joints) of every source sample, searched exhaustively (N x 24 x 2 is small).
+
+    Each comparison normalises both poses over the joints confident in both, so a target frame with
+    missing joints is compared on the joints it has."""
+
+    xy: torch.Tensor  # (N, 24, 2)
+    conf: torch.Tensor  # (N, 24, 1)
+
+    @classmethod
+    def build(cls, keypoints) -> PoseIndex:
+        keypoints = torch.as_tensor(keypoints)
+        if len(keypoints) == 0:
+            raise ValueError("PoseIndex: the source split has no frames to replay")
+        return cls(*_gt24(keypoints))
+
+    def distances(self, keypoints: torch.Tensor) -> torch.Tensor:
+        """(49, 3) keypoints -> (N,) weighted mean squared distance of the normalised poses, weights the
+        smaller of the two confidences; inf where fewer than two joints are shared."""
+        xy, conf = _gt24(keypoints.detach().cpu()[None])
+        weight = torch.minimum(self.conf, conf)
+        sq = ((_normalize(self.xy, weight) - _normalize(xy.expand_as(self.xy), weight)) ** 2).sum(
+            -1, keepdim=True
+        )
+        total = weight.sum((-2, -1))
+        dist = (weight * sq).sum((-2, -1)) / total.clamp(min=1e-12)
+        shared = (weight[..., 0] > 0).sum(-1) >= 2
+        return torch.where(shared, dist, torch.full_like(dist, float("inf")))
+
+    def retrieve(self, keypoints: torch.Tensor, count: int) -> list[int]:
+        """The `count` source indices nearest in normalised 2D pose to a frame's (49, 3) keypoints,
+        nearest first (ties by index, so retrieval is deterministic)."""
+        order = torch.argsort(self.distances(keypoints), stable=True)
+        return order[: min(count, len(order))].tolist()

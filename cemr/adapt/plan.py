@@ -1,0 +1,71 @@
+"""Which MiRRo levels and terms run, decided once from the `adapter` config (shared/DESIGN.md section 2).
+
+The AdaptationModule and adapt/run.py ask the plan (`plan.teacher`, `plan.clip`, ...) instead of
+comparing `adapter.levels` against numbers in many places; a config that asks for a term its levels
+do not run (replay at level 1, say) simply does not get it, and a contradictory one is refused here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RETRIEVALS = ("pose", "feature", "random")
+EMITTED = ("updated", "clone")
+
+
+@dataclass(frozen=True)
+class Plan:
+    levels: int
+    inner_steps: int  # level 1: clone steps on L_frame (0 at levels=0)
+    outer: bool  # level 2: the clone's loss on frame t and its context updates the base weights
+    teacher: bool  # EMA mean teacher
+    motion: bool  # 2D displacement between t and t-k
+    context: bool  # the clone adapted on t is also scored on frame t-k's own L_frame
+    replay: str | None  # retrieval of labelled source samples: pose | feature | random, or None
+    replay_inner: bool  # source labels in the inner step too (BOA)
+    stopping: bool  # dynamic stopping: repeat the outer step while the feature moves more than tau
+    clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames
+    video_align: bool  # level 3's alignment with the frozen video encoder
+    emitted_smoothness: bool  # level 3's squared acceleration over the predictions emitted before t
+    emit: str  # the prediction recorded for frame t: `updated` base model, or the `clone` adapted on t
+
+    @classmethod
+    def from_config(cls, adapter) -> Plan:
+        levels = int(adapter.levels)
+        if levels not in (0, 1, 2, 3):
+            raise ValueError(f"adapter.levels must be 0, 1, 2 or 3, got {adapter.levels}")
+        if int(adapter.inner.steps) < 1:
+            raise ValueError(f"adapter.inner.steps must be at least 1, got {adapter.inner.steps}")
+        if adapter.emit not in EMITTED:
+            raise ValueError(f"adapter.emit must be one of {EMITTED}, got {adapter.emit!r}")
+        outer = levels >= 2
+        replay = adapter.replay.retrieval if outer and adapter.replay.enabled else None
+        if replay is not None and replay not in RETRIEVALS:
+            raise ValueError(f"adapter.replay.retrieval must be one of {RETRIEVALS}, got {replay!r}")
+        replay_inner = replay is not None and bool(adapter.replay.inner)
+        if replay_inner and replay == "feature":
+            raise ValueError(
+                "adapter.replay.inner=true needs a retrieval known before the inner step "
+                "(adapter.replay.retrieval=pose or random); feature retrieval uses the frame's feature"
+            )
+        weights = adapter.loss_weights
+        return cls(
+            levels=levels,
+            inner_steps=int(adapter.inner.steps) if levels >= 1 else 0,
+            outer=outer,
+            teacher=outer and bool(adapter.teacher.enabled),
+            motion=outer and bool(adapter.motion.enabled),
+            context=outer and bool(adapter.context.enabled),
+            replay=replay,
+            replay_inner=replay_inner,
+            stopping=outer and bool(adapter.stopping.enabled),
+            clip=levels >= 3,
+            video_align=levels >= 3 and weights.video_align > 0,
+            emitted_smoothness=levels >= 3 and weights.emitted_smoothness > 0,
+            emit=adapter.emit if outer else "clone",
+        )
+
+    @property
+    def uses_motion_frame(self) -> bool:
+        """Whether the outer step looks at frame t-k (motion or context scoring)."""
+        return self.motion or self.context

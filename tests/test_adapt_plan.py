@@ -1,0 +1,213 @@
+"""The MiRRo plan (which levels and terms run), the level-1 inner step moving the prediction, the
+level-2 terms that score the clone on other frames, level 3's emitted smoothness, and 2D pose
+retrieval for replay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cemr.adapt import levels
+from cemr.adapt.plan import Plan
+from cemr.data.retrieval import PoseIndex, normalized_pose_2d
+from tests.conftest import compose_config
+from tests.test_adapt_module import Stream, adapter_cfg, make_module, stream_through
+
+
+def plan_of(*overrides: str) -> Plan:
+    return Plan.from_config(compose_config("adapt", list(overrides)).adapter)
+
+
+def test_levels_enable_their_parts_and_nothing_above():
+    none, one, two, three = (plan_of(f"adapter.levels={n}") for n in range(4))
+    assert (none.inner_steps, none.outer, none.clip) == (0, False, False)
+    assert (
+        one.inner_steps >= 1 and not one.outer and not one.teacher and not one.motion and one.emit == "clone"
+    )
+    assert two.outer and two.teacher and two.motion and two.context and not two.clip
+    assert not two.emitted_smoothness and not two.video_align
+    assert three.clip and three.emitted_smoothness and three.video_align
+    # replay asked for at level 1 is not run: level 1 has no outer step to replay in
+    assert plan_of("adapter.levels=1", "adapter.replay.enabled=true").replay is None
+    assert plan_of("adapter.levels=2", "adapter.replay.enabled=true").replay == "pose"
+
+
+def test_experiments_are_their_papers_settings():
+    boa = plan_of("experiment=boa")
+    assert (boa.levels, boa.teacher, boa.replay, boa.replay_inner, boa.motion, boa.stopping) == (
+        2,
+        True,
+        "random",
+        True,
+        False,
+        False,
+    )
+    assert compose_config("adapt", ["experiment=boa"]).adapter.inner.first_order is False
+    dyna = plan_of("experiment=dynaboa")
+    assert (dyna.levels, dyna.teacher, dyna.motion, dyna.replay, dyna.stopping, dyna.context) == (
+        2,
+        True,
+        True,
+        "feature",
+        True,
+        False,
+    )
+    assert plan_of("experiment=cemr").clip
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["adapter.levels=4"], "adapter.levels must be 0, 1, 2 or 3"),
+        (["adapter.inner.steps=0"], "adapter.inner.steps must be at least 1"),
+        (["adapter.emit=teacher"], "adapter.emit must be one of"),
+        (["adapter.replay.enabled=true", "adapter.replay.retrieval=cosine"], "adapter.replay.retrieval"),
+        (
+            ["adapter.replay.enabled=true", "adapter.replay.retrieval=feature", "adapter.replay.inner=true"],
+            "known before the inner step",
+        ),
+    ],
+)
+def test_contradictory_configs_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        plan_of(*overrides)
+
+
+def test_the_inner_step_moves_the_prediction_towards_the_frames_keypoints(parts):
+    cfg = adapter_cfg(levels=1)
+    cfg.inner.lr, cfg.inner.steps = 3e-4, 3
+    module = make_module(parts, cfg)
+    module.model.eval()  # as on_train_start does: no dropout
+    stream = Stream([(0, 0)])
+    frame = {"img": stream.img[:1], "keypoints": stream.kp[:1]}
+    clone, unadapted = module._adapted_clone(frame)
+    adapted = module.predict_body(clone, frame["img"])
+    before = levels.losses.keypoint_2d(unadapted.keypoints_2d, frame["keypoints"])
+    after = levels.losses.keypoint_2d(adapted.keypoints_2d, frame["keypoints"])
+    assert after < 0.7 * before
+    # the base weights never move at level 1
+    base = module.predict_body(module.model, frame["img"])
+    assert torch.allclose(base.keypoints_2d, unadapted.keypoints_2d, atol=1e-6)
+
+
+def test_the_outer_step_scores_the_clone_on_frame_t_minus_k_and_level_three_on_emitted_jitter(parts):
+    seen: list[dict] = []
+
+    def capture(module):
+        original = module._outer_loss
+
+        def wrapped(clone, frame):
+            total, parts_, now = original(clone, frame)
+            seen.append({k: float(v) for k, v in parts_.items()})
+            return total, parts_, now
+
+        module._outer_loss = wrapped
+        return module
+
+    cfg = adapter_cfg(levels=3)
+    cfg.motion.interval = 2
+    stream_through(capture(make_module(parts, cfg)), Stream([(0, 0)] * 4))
+    # frames 0-1 have no frame t-2 nor two emitted predictions; frames 2-3 have both
+    assert [("context" in s, "motion" in s, "emitted_smoothness" in s) for s in seen] == [
+        (False, False, False),
+        (False, False, False),
+        (True, True, True),
+        (True, True, True),
+    ]
+    assert all(s["context"] > 0 and s["emitted_smoothness"] >= 0 for s in seen[2:])
+    seen.clear()
+    cfg2 = adapter_cfg(levels=2, context={"enabled": False})
+    cfg2.motion.interval = 2
+    stream_through(capture(make_module(parts, cfg2)), Stream([(0, 0)] * 3))
+    assert "context" not in seen[-1] and "motion" in seen[-1] and "emitted_smoothness" not in seen[-1]
+
+
+def test_emit_clone_records_the_clone_the_outer_step_scored(parts):
+    stream = Stream([(0, 0)] * 3)
+    updated = stream_through(make_module(parts, adapter_cfg(levels=2, emit="updated")), stream)
+    clone = stream_through(make_module(parts, adapter_cfg(levels=2, emit="clone")), stream)
+    # same weight trajectory (the emitted prediction does not feed back at level 2) ...
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(updated.model.state_dict().values(), clone.model.state_dict().values(), strict=True)
+    )
+    # ... but a different record: the clone's of frame t comes before the outer step on t
+    assert not torch.allclose(updated.predictions()["betas"], clone.predictions()["betas"])
+
+
+def test_normalized_pose_is_invariant_to_place_and_size_in_the_crop():
+    gen = torch.Generator().manual_seed(0)
+    kp = torch.cat([torch.rand(3, 49, 2, generator=gen) - 0.5, torch.ones(3, 49, 1)], -1)
+    moved = kp.clone()
+    moved[..., :2] = kp[..., :2] * 0.4 + torch.tensor([0.3, -0.2])
+    assert torch.allclose(normalized_pose_2d(kp), normalized_pose_2d(moved), atol=1e-9)
+    pose = normalized_pose_2d(kp)
+    assert torch.allclose(pose[..., :2].mean(1), torch.zeros(3, 2, dtype=pose.dtype), atol=1e-9)
+    assert torch.allclose((pose[..., :2] ** 2).sum(-1).mean(1), torch.ones(3, dtype=pose.dtype))
+    empty = kp.clone()
+    empty[0, 25:, 2] = 0  # no confident GT joint: matches nothing
+    assert normalized_pose_2d(empty)[0].abs().sum() == 0
+    with pytest.raises(ValueError, match=r"pose retrieval: expected keypoints \(N, 49, 3\)"):
+        normalized_pose_2d(kp[:, :24])
+
+
+def test_pose_index_retrieves_the_nearest_poses_first_whatever_their_scale():
+    gen = torch.Generator().manual_seed(1)
+    source = torch.cat([torch.rand(50, 49, 2, generator=gen) - 0.5, torch.ones(50, 49, 1)], -1)
+    index = PoseIndex.build(source)
+    query = source[17].clone()
+    query[:, :2] = query[:, :2] * 2.0 + 0.1  # the same pose, bigger and elsewhere
+    query[25:30, 2] = 0  # five joints missing
+    near = index.retrieve(query, 3)
+    assert near[0] == 17 and len(near) == 3
+    dist = index.distances(query)
+    assert dist[17] == pytest.approx(0.0, abs=1e-12)
+    assert list(dist[near]) == sorted(dist[near].tolist())
+    with pytest.raises(ValueError, match="no frames"):
+        PoseIndex.build(torch.zeros(0, 49, 3))
+
+
+def test_replayed_samples_weigh_decay_to_the_rank(parts):
+    cfg = adapter_cfg(levels=2)
+    cfg.replay.decay = 0.5
+    module = make_module(parts, cfg)
+    module.replay_weights = compose_config("adapt").training.loss_weights
+    module.model.eval()
+    gen = torch.Generator().manual_seed(2)
+    source = {
+        "img": torch.randn(2, 3, 32, 32, generator=gen),
+        "keypoints": torch.cat([torch.rand(2, 49, 2, generator=gen), torch.ones(2, 49, 1)], -1),
+        "pose": torch.zeros(2, 72),
+        "betas": torch.zeros(2, 10),
+        "joints3d": torch.zeros(2, 24, 4),
+        "has_smpl": torch.ones(2),
+    }
+    with torch.no_grad():
+        pred = module.predict_body(module.model, source["img"])
+        total = module._replay_loss(pred, source)
+        each = [
+            levels.labelled_objective(
+                module.predict_body(module.model, source["img"][i : i + 1]),
+                {k: v[i : i + 1] for k, v in source.items()},
+                module.replay_weights,
+            )[0].item()
+            for i in range(2)
+        ]
+    assert float(total) == pytest.approx(
+        cfg.loss_weights.replay * (2 / 3 * each[0] + 1 / 3 * each[1]), rel=1e-5
+    )
+
+
+def test_adapter_config_keys_of_the_plan_exist():
+    adapter = compose_config("adapt").adapter
+    for key in (
+        "emit",
+        "context.enabled",
+        "replay.retrieval",
+        "replay.decay",
+        "replay.inner",
+        "loss_weights.context",
+        "loss_weights.emitted_smoothness",
+    ):
+        assert OmegaConf.select(adapter, key) is not None, key
