@@ -315,8 +315,9 @@ class AdaptationModule(L.LightningModule):
             and self.frames_in_track % self.cfg.clip.stride == 0
         ):
             self._clip_step()
-            with torch.no_grad():
-                final = self.predict_body(self.model, images)
+            if self.plan.emit == "updated":
+                with torch.no_grad():
+                    final = self.predict_body(self.model, images)
         entry["joints"] = final.joints[:, levels.losses.GT_JOINTS].detach()
         self._record(batch, final)
 
