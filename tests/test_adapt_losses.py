@@ -131,22 +131,31 @@ def test_video_alignment_shape_consistency_and_smoothness():
     assert losses.smoothness(joints[:2]).item() == 0.0  # fewer than 3 frames: no acceleration
 
 
-def test_emitted_smoothness_is_the_squared_acceleration_after_the_last_two_emitted_frames():
+def test_emitted_smoothness_is_the_squared_velocity_or_acceleration_after_the_emitted_frames():
     def frame(x):  # (1, 24, 3): every joint at x, hips included, plus a fixed pose offset
         offsets = torch.arange(72, dtype=torch.float32).reshape(1, 24, 3) / 100
         offsets[:, 2:4] = 0
         return offsets + torch.tensor([x, 0.0, 0.0])
 
     now = frame(5.0).requires_grad_(True)
-    assert losses.emitted_smoothness(now, [frame(1.0)]).item() == 0.0  # fewer than two emitted
-    # hip-centred, so a translation of the whole body is no acceleration
-    assert losses.emitted_smoothness(now, [frame(1.0), frame(3.0)]).item() == pytest.approx(0.0, abs=1e-10)
+    assert losses.emitted_smoothness(now, [], order=1).item() == 0.0  # nothing emitted yet
+    assert losses.emitted_smoothness(now, [frame(1.0)], order=2).item() == 0.0  # fewer than two
+    # hip-centred, so a translation of the whole body is neither velocity nor acceleration
+    for order in (1, 2):
+        value = losses.emitted_smoothness(now, [frame(1.0), frame(3.0)], order=order).item()
+        assert value == pytest.approx(0.0, abs=1e-10)
     bent = frame(0.0)
-    bent[0, 10, 1] += 0.3  # one joint moved 0.3 m in the newest frame: acceleration 0.3 on 1 of 24 joints
-    loss = losses.emitted_smoothness(bent.requires_grad_(True), [frame(0.0), frame(0.0)])
-    assert loss.item() == pytest.approx(0.09 / 24)
+    bent[0, 10, 1] += 0.3  # one joint moved 0.3 m in the newest frame, on 1 of 24 joints
+    bent.requires_grad_(True)
+    assert losses.emitted_smoothness(bent, [frame(0.0)], order=1).item() == pytest.approx(0.09 / 24)
+    still = frame(0.0)
+    still[0, 10, 1] += 0.1  # the joint was moving 0.1 m a frame: extrapolated 0.2, it is at 0.3
+    loss = losses.emitted_smoothness(bent, [frame(0.0), still], order=2)
+    assert loss.item() == pytest.approx(0.01 / 24)
     loss.backward()
     assert bent.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        losses.emitted_smoothness(bent, [], order=3)
 
 
 def test_projection_to_crop_equals_weak_perspective_for_a_point_at_the_origin_depth():

@@ -108,10 +108,10 @@ def test_the_outer_step_scores_the_clone_on_frame_t_minus_k_and_level_three_on_e
     cfg = adapter_cfg(levels=3)
     cfg.motion.interval = 2
     stream_through(capture(make_module(parts, cfg)), Stream([(0, 0)] * 4))
-    # frames 0-1 have no frame t-2 nor two emitted predictions; frames 2-3 have both
+    # frame 0 has nothing before it; frame 1 has an emitted prediction (order 1) but no frame t-2
     assert [("context" in s, "motion" in s, "emitted_smoothness" in s) for s in seen] == [
         (False, False, False),
-        (False, False, False),
+        (False, False, True),
         (True, True, True),
         (True, True, True),
     ]

@@ -107,11 +107,22 @@ def smoothness(joints: torch.Tensor) -> torch.Tensor:
     return (accel**2).sum(-1).mean()
 
 
-def emitted_smoothness(now_gt24: torch.Tensor, emitted_gt24: list[torch.Tensor]) -> torch.Tensor:
-    """Level 3's sliding window: squared acceleration of the hip-centred joints of frame t's prediction
-    (B, 24, 3) after the last two predictions already emitted for this track (each (B, 24, 3), oldest
-    first, detached). They came from earlier weight states, so this is the jitter that gets scored."""
-    if len(emitted_gt24) < 2:
+def emitted_smoothness(
+    now_gt24: torch.Tensor, emitted_gt24: list[torch.Tensor], order: int = 1
+) -> torch.Tensor:
+    """Level 3's sliding window: the squared finite difference of order 1 (velocity) or 2
+    (acceleration) of the hip-centred joints of frame t's prediction (B, 24, 3) after the last
+    `order` predictions already emitted for this track (each (B, 24, 3), oldest first, detached),
+    summed over xyz, mean over joints. Those came from earlier weight states, so this is the jitter
+    that gets scored. 0 until `order` predictions were emitted.
+
+    Order 2 with a fixed past pulls X_t to the linear extrapolation 2 X_{t-1} - X_{t-2}, which lets
+    an error in velocity persist; order 1 pulls it to X_{t-1}, a causal low-pass."""
+    if order not in (1, 2):
+        raise ValueError(f"emitted smoothness: order must be 1 or 2, got {order}")
+    if len(emitted_gt24) < order:
         return now_gt24.sum() * 0
-    window = [centered_gt_joints(j.detach()) for j in emitted_gt24[-2:]] + [centered_gt_joints(now_gt24)]
-    return torch.stack([smoothness(torch.stack(frames)) for frames in zip(*window, strict=True)]).mean()
+    past = [centered_gt_joints(j.detach()) for j in emitted_gt24[-order:]]
+    now = centered_gt_joints(now_gt24)
+    diff = now - past[-1] if order == 1 else now - 2 * past[-1] + past[-2]
+    return (diff**2).sum(-1).mean()

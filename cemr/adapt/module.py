@@ -223,10 +223,11 @@ class AdaptationModule(L.LightningModule):
         if source is not None:
             start = b * (2 if earlier is not None else 1)
             parts["replay"] = self._replay_loss(_slice(pred, start, pred.rotmat.shape[0]), source)
-        emitted = [f["joints"] for f in list(self.history)[-2:]]
-        if plan.emitted_smoothness and len(emitted) == 2:
+        order = self.cfg.clip.emitted_order
+        emitted = [f["joints"] for f in list(self.history)[-order:]]
+        if plan.emitted_smoothness and len(emitted) == order:
             parts["emitted_smoothness"] = w.emitted_smoothness * levels.losses.emitted_smoothness(
-                now.joints[:, levels.losses.GT_JOINTS], emitted
+                now.joints[:, levels.losses.GT_JOINTS], emitted, order
             )
         extra = ("teacher", "context", "motion", "replay", "emitted_smoothness")
         total = total + sum(v for k, v in parts.items() if k in extra)
