@@ -53,6 +53,7 @@ METRICS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
 def run(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     claim_run_dir(cfg, out_dir)  # before any work: a dir holding another run's outputs is refused
+    plan = Plan.from_config(cfg.adapter)  # a contradictory adapter config is refused before any work too
     check_named_checkpoints(cfg, *checkpoints_needed(cfg))
     if is_global_zero():
         remove_leftovers(out_dir)
@@ -71,7 +72,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # Before adapt(), which changes source.model in place; a DDP rank other than 0 only adapts.
     baseline = predict_frames(source.model, target) if is_global_zero() else None
-    if cfg.adapter.levels == 0:
+    if plan.levels == 0:
         predictions = baseline
     else:
         predictions = adapt(cfg, source, body_models["neutral"], data, out_dir, belongs_to)
@@ -83,7 +84,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     write_predictions(out_dir / "predictions.npz", predictions, target, body_models["neutral"], regressor)
     # The final adapted weights re-run over the whole target: a model that became a per-frame tracker
     # (its state in the weights) scores far worse here than in the stream.
-    snapshot = predict_frames(source.model, target) if cfg.adapter.levels > 0 else None
+    snapshot = predict_frames(source.model, target) if plan.levels > 0 else None
     metrics = {}
     if scorable:
         scored = {"": predictions, "source_": baseline, "snapshot_": snapshot}
@@ -140,7 +141,7 @@ def file_identity(path: str | Path) -> str:
 def check_adaptable(cfg: DictConfig, model: torch.nn.Module) -> None:
     """Refuse, before any work, to adapt a sequence model (the stream feeds single frames) or to split
     a stream that never resets across devices."""
-    if cfg.adapter.levels == 0:
+    if Plan.from_config(cfg.adapter).levels == 0:
         return
     adaptation_strategy(cfg.trainer.get("strategy"), cfg.adapter.reset)
     if sequence_length(model) is not None:
