@@ -23,6 +23,7 @@ import learn2learn as l2l
 import lightning as L
 import torch
 import torch.nn.functional as F
+from learn2learn.algorithms.maml import maml_update
 from torch import nn
 
 from cemr.adapt import levels
@@ -184,8 +185,28 @@ class AdaptationModule(L.LightningModule):
             if not torch.isfinite(loss):
                 self.counters["skipped_steps"] += 1
                 return self.learner.clone(), unadapted
-            clone.adapt(loss)
+            self._inner_step(clone, loss)
         return clone, unadapted
+
+    def _inner_step(self, clone, loss: torch.Tensor) -> None:
+        """One SGD step of the clone (learn2learn's MAML update), its gradient's norm clipped to
+        `inner.max_grad_norm`: at an lr that moves the prediction, a frame with a large loss would
+        otherwise throw the clone far off (and a first-order outer step with it)."""
+        second_order = not self.cfg.inner.first_order
+        params = list(clone.module.parameters())
+        trained = [p for p in params if p.requires_grad]
+        found = torch.autograd.grad(
+            loss, trained, retain_graph=second_order, create_graph=second_order, allow_unused=True
+        )
+        by_param = {id(p): g for p, g in zip(trained, found, strict=True)}
+        grads = [by_param.get(id(p)) for p in params]
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+        max_norm = self.cfg.inner.max_grad_norm
+        if max_norm:
+            norm = torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads))
+            scale = (max_norm / (norm + 1e-12)).clamp(max=1.0)
+            grads = [g * scale.to(g.dtype) for g in grads]
+        clone.module = maml_update(clone.module, clone.lr, grads)
 
     def _context_frame(self) -> dict[str, torch.Tensor] | None:
         """Frame t-k of this track, which the clone adapted on t is also scored on; None early on."""
@@ -278,7 +299,7 @@ class AdaptationModule(L.LightningModule):
         if not torch.isfinite(inner):
             self.counters["skipped_steps"] += 1
             return
-        clone.adapt(inner)
+        self._inner_step(clone, inner)
         pred = self.predict_body(clone, images if video_embedding is not None else images[half:])
         second = _slice(pred, pred.rotmat.shape[0] - (len(frames) - half), pred.rotmat.shape[0])
         outer, parts = levels.clip_objective(second, keypoints[half:], w)
@@ -304,9 +325,9 @@ class AdaptationModule(L.LightningModule):
         if self.plan.outer:
             final = self._temporal_steps(frame)
         else:
-            clone, _ = self._adapted_clone(frame)
+            clone, unadapted = self._adapted_clone(frame)
             with torch.no_grad():
-                final = self.predict_body(clone, images)
+                final = self._finite_or(self.predict_body(clone, images), unadapted)
         entry = {"img": images.detach(), "keypoints": keypoints.detach()}
         self.history.append(entry)
         self.frames_in_track += 1
@@ -334,7 +355,7 @@ class AdaptationModule(L.LightningModule):
                 if self.plan.replay == "feature" and self.replay_source is not None:
                     frame["source"] = self._retrieve_source(frame, after.feature)
             loss, parts, clone_now = self._outer_loss(clone, frame)
-            emitted = _detached(clone_now)
+            emitted = self._finite_or(_detached(clone_now), after)
             if not self._step(self.optimizers()[0], loss):
                 break
             self.counters["outer_steps"] += 1
@@ -352,6 +373,13 @@ class AdaptationModule(L.LightningModule):
                 break
             feat_before = after.head_feature
         return emitted if self.plan.emit == "clone" and emitted is not None else after
+
+    def _finite_or(self, pred: BodyPrediction, fallback: BodyPrediction) -> BodyPrediction:
+        """`pred`, or `fallback` (the base model's) where a clone's step made it non-finite (counted)."""
+        if all(torch.isfinite(v).all() for v in vars(pred).values()):
+            return pred
+        self.counters["skipped_steps"] += 1
+        return _detached(fallback)
 
     def _record(self, batch: dict[str, torch.Tensor], pred: BodyPrediction) -> None:
         pose = rotmat_to_axis_angle(pred.rotmat.detach()).reshape(-1, 72)
