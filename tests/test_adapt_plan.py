@@ -211,3 +211,24 @@ def test_adapter_config_keys_of_the_plan_exist():
         "loss_weights.emitted_smoothness",
     ):
         assert OmegaConf.select(adapter, key) is not None, key
+
+
+def test_the_inner_gradient_is_clipped_to_max_grad_norm(parts):
+    cfg = adapter_cfg(levels=1)
+    cfg.inner.lr, cfg.inner.steps, cfg.inner.max_grad_norm = 1e-3, 1, 1e-3
+    module = make_module(parts, cfg)
+    module.model.eval()
+    stream = Stream([(0, 0)])
+    clone, _ = module._adapted_clone({"img": stream.img[:1], "keypoints": stream.kp[:1]})
+    moved = torch.sqrt(
+        sum(((a - b) ** 2).sum() for a, b in zip(clone.parameters(), module.model.parameters(), strict=True))
+    )
+    assert float(moved) == pytest.approx(1e-3 * 1e-3, rel=2e-3)  # lr x the clipped norm (float32 weights)
+
+
+def test_a_clone_thrown_off_by_its_step_is_never_emitted(parts):
+    cfg = adapter_cfg(levels=1)
+    cfg.inner.lr, cfg.inner.max_grad_norm = 1e30, None
+    module = stream_through(make_module(parts, cfg), Stream([(0, 0)] * 2))
+    assert module.counters["skipped_steps"] >= 1
+    assert all(torch.isfinite(v).all() for v in module.predictions().values())
