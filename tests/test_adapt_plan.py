@@ -27,7 +27,9 @@ def test_levels_enable_their_parts_and_nothing_above():
     )
     assert two.outer and two.teacher and two.motion and two.context and not two.clip
     assert not two.emitted_smoothness and not two.video_align
-    assert three.clip and three.emitted_smoothness and three.video_align
+    assert three.clip and three.video_align and not three.emitted_smoothness  # off by default (README)
+    assert plan_of("adapter.levels=3", "adapter.loss_weights.emitted_smoothness=10").emitted_smoothness
+    assert not plan_of("adapter.levels=2", "adapter.loss_weights.emitted_smoothness=10").emitted_smoothness
     # replay asked for at level 1 is not run: level 1 has no outer step to replay in
     assert plan_of("adapter.levels=1", "adapter.replay.enabled=true").replay is None
     assert plan_of("adapter.levels=2", "adapter.replay.enabled=true").replay == "pose"
@@ -76,7 +78,7 @@ def test_contradictory_configs_are_refused(overrides, message):
 
 def test_the_inner_step_moves_the_prediction_towards_the_frames_keypoints(parts):
     cfg = adapter_cfg(levels=1)
-    cfg.inner.lr, cfg.inner.steps = 3e-4, 3
+    cfg.inner.lr, cfg.inner.steps, cfg.inner.max_grad_norm = 3e-4, 3, None  # the raw step (clip: below)
     module = make_module(parts, cfg)
     module.model.eval()  # as on_train_start does: no dropout
     stream = Stream([(0, 0)])
@@ -106,6 +108,7 @@ def test_the_outer_step_scores_the_clone_on_frame_t_minus_k_and_level_three_on_e
         return module
 
     cfg = adapter_cfg(levels=3)
+    cfg.loss_weights.emitted_smoothness = 10.0
     cfg.motion.interval = 2
     stream_through(capture(make_module(parts, cfg)), Stream([(0, 0)] * 4))
     # frame 0 has nothing before it; frame 1 has an emitted prediction (order 1) but no frame t-2

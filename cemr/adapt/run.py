@@ -167,7 +167,7 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: 
         align_head.load_state_dict(source.extra["align_head"])
     replay = None
     if plan.replay == "pose":
-        replay = (PoseIndex.build(data.source.data["keypoints"]), data.source)
+        replay = (PoseIndex.build(data.source.keypoints_px), data.source)  # pixels: normalised away
     elif plan.replay == "feature":
         replay = (replay_bank(cfg, source.model, data.source), data.source)
     elif plan.replay == "random":
