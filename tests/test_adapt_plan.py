@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from cemr.adapt import levels
 from cemr.adapt.plan import Plan
-from cemr.data.retrieval import PoseIndex, normalized_pose_2d
+from cemr.data.retrieval import PoseIndex, _gt24, _normalize
 from tests.conftest import compose_config
 from tests.test_adapt_module import Stream, adapter_cfg, make_module, stream_through
 
@@ -139,20 +139,23 @@ def test_emit_clone_records_the_clone_the_outer_step_scored(parts):
     assert not torch.allclose(updated.predictions()["betas"], clone.predictions()["betas"])
 
 
-def test_normalized_pose_is_invariant_to_place_and_size_in_the_crop():
+def test_pose_distance_is_invariant_to_place_and_size_in_the_crop():
     gen = torch.Generator().manual_seed(0)
     kp = torch.cat([torch.rand(3, 49, 2, generator=gen) - 0.5, torch.ones(3, 49, 1)], -1)
     moved = kp.clone()
     moved[..., :2] = kp[..., :2] * 0.4 + torch.tensor([0.3, -0.2])
-    assert torch.allclose(normalized_pose_2d(kp), normalized_pose_2d(moved), atol=1e-9)
-    pose = normalized_pose_2d(kp)
-    assert torch.allclose(pose[..., :2].mean(1), torch.zeros(3, 2, dtype=pose.dtype), atol=1e-9)
-    assert torch.allclose((pose[..., :2] ** 2).sum(-1).mean(1), torch.ones(3, dtype=pose.dtype))
-    empty = kp.clone()
-    empty[0, 25:, 2] = 0  # no confident GT joint: matches nothing
-    assert normalized_pose_2d(empty)[0].abs().sum() == 0
+    index = PoseIndex.build(kp)
+    for i in range(3):
+        assert index.distances(moved[i])[i].item() == pytest.approx(0.0, abs=1e-12)
+    xy, conf = _gt24(kp)
+    pose = _normalize(xy, conf)  # centred, unit RMS radius
+    assert torch.allclose(pose.mean(1), torch.zeros(3, 2, dtype=pose.dtype), atol=1e-9)
+    assert torch.allclose((pose**2).sum(-1).mean(1), torch.ones(3, dtype=pose.dtype))
+    empty = kp[0].clone()
+    empty[25:, 2] = 0  # no confident GT joint: matches nothing
+    assert torch.isinf(index.distances(empty)).all()
     with pytest.raises(ValueError, match=r"pose retrieval: expected keypoints \(N, 49, 3\)"):
-        normalized_pose_2d(kp[:, :24])
+        PoseIndex.build(kp[:, :24])
 
 
 def test_pose_index_retrieves_the_nearest_poses_first_whatever_their_scale():

@@ -82,7 +82,8 @@ _GT_JOINTS = slice(25, 49)
 
 
 def _normalize(xy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """(..., 24, 2) points centred at their weighted mean and scaled to unit weighted RMS radius."""
+    """(..., 24, 2) points centred at their weighted mean and scaled to unit weighted RMS radius, so two
+    frames of the same pose compare equal whatever the person's place and size in the crop."""
     total = weight.sum(-2, keepdim=True).clamp(min=1e-12)
     centred = xy - (weight * xy).sum(-2, keepdim=True) / total
     radius = ((weight * centred**2).sum((-2, -1), keepdim=True) / total).sqrt()
@@ -94,18 +95,6 @@ def _gt24(keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"pose retrieval: expected keypoints (N, 49, 3), got {tuple(keypoints.shape)}")
     kp = keypoints[:, _GT_JOINTS].double()
     return kp[..., :2], kp[..., 2:].clamp(min=0)
-
-
-def normalized_pose_2d(keypoints: torch.Tensor) -> torch.Tensor:
-    """(N, 49, 3) keypoints (x, y, conf) -> (N, 24, 3): the 24 GT joints centred at their
-    confidence-weighted mean and scaled to unit confidence-weighted RMS radius; confidence kept.
-
-    So two frames of the same pose compare equal whatever the person's place and size in the crop.
-    A frame without two confident joints gets all-zero confidence (it matches nothing).
-    """
-    xy, conf = _gt24(keypoints)
-    usable = ((conf[..., 0] > 0).sum(1) >= 2)[:, None, None]
-    return torch.cat([_normalize(xy, conf), conf], dim=-1) * usable
 
 
 @dataclass
