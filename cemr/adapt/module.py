@@ -245,8 +245,8 @@ class AdaptationModule(L.LightningModule):
             start = b * (2 if earlier is not None else 1)
             parts["replay"] = self._replay_loss(_slice(pred, start, pred.rotmat.shape[0]), source)
         order = self.cfg.clip.emitted_order
-        emitted = [f["joints"] for f in list(self.history)[-order:]]
-        if plan.emitted_smoothness and len(emitted) == order:
+        if plan.emitted_smoothness and len(self.history) >= order:
+            emitted = [f["joints"] for f in list(self.history)[-order:]]
             parts["emitted_smoothness"] = w.emitted_smoothness * levels.losses.emitted_smoothness(
                 now.joints[:, levels.losses.GT_JOINTS], emitted, order
             )
