@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from cemr.adapt import levels
 from cemr.adapt.plan import Plan
 from cemr.data.retrieval import PoseIndex, _gt24, _normalize
+from cemr.geometry import rotmat_to_axis_angle
 from tests.conftest import compose_config
 from tests.test_adapt_module import Stream, adapter_cfg, make_module, stream_through
 
@@ -63,7 +64,8 @@ def test_experiments_are_their_papers_settings():
     [
         (["adapter.levels=4"], "adapter.levels must be 0, 1, 2 or 3"),
         (["adapter.inner.steps=0"], "adapter.inner.steps must be at least 1"),
-        (["adapter.emit=teacher"], "adapter.emit must be one of"),
+        (["adapter.emit=student"], "adapter.emit must be one of"),
+        (["adapter.emit=teacher", "adapter.teacher.enabled=false"], "emit=teacher needs the mean teacher"),
         (["adapter.replay.enabled=true", "adapter.replay.retrieval=cosine"], "adapter.replay.retrieval"),
         (
             ["adapter.replay.enabled=true", "adapter.replay.retrieval=feature", "adapter.replay.inner=true"],
@@ -137,6 +139,25 @@ def test_emit_clone_records_the_clone_the_outer_step_scored(parts):
     )
     # ... but a different record: the clone's of frame t comes before the outer step on t
     assert not torch.allclose(updated.predictions()["betas"], clone.predictions()["betas"])
+
+
+def test_emit_teacher_records_the_ema_teacher_after_each_update(parts):
+    stream = Stream([(0, 0)] * 3)
+    runs = {}
+    for emit in ("updated", "teacher"):
+        cfg = adapter_cfg(levels=2, emit=emit)
+        cfg.teacher.ema = 0.5
+        runs[emit] = stream_through(make_module(parts, cfg), stream)
+    updated, teacher = runs["updated"], runs["teacher"]
+    # the base weights move as with emit=updated (the record does not feed back at level 2) ...
+    base_updated, base_teacher = updated.model.state_dict(), teacher.model.state_dict()
+    assert all(torch.equal(base_updated[k], base_teacher[k]) for k in base_updated)
+    # ... and the last frame's record is the teacher's prediction once it trailed the last update
+    with torch.no_grad():
+        last = teacher.predict_body(teacher.teacher, stream[2]["img"][None])
+    pose = rotmat_to_axis_angle(last.rotmat).reshape(-1, 72)
+    assert torch.allclose(teacher.predictions()["pose"][-1:], pose, atol=1e-6)
+    assert not torch.allclose(teacher.predictions()["pose"], updated.predictions()["pose"], atol=1e-6)
 
 
 def test_pose_distance_is_invariant_to_place_and_size_in_the_crop():

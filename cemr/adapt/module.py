@@ -9,8 +9,8 @@ Per frame t (batch of one frame of one track); what runs is decided once by `Pla
      weights (outer step), repeated while the head feature moved more than tau (dynamic stopping);
   3. clip: every `clip.stride` frames, a bilevel step on the track's last `clip.length` frames.
 Then the prediction for frame t is recorded: the clone's at level 1 (which never changes the base
-weights); at levels 2-3 the updated base model's (`emit: updated`, DynaBOA) or the clone's that the
-outer step scored (`emit: clone`, one forward less).
+weights); at levels 2-3 the updated base model's (`emit: updated`, DynaBOA), the clone's that the
+outer step scored (`emit: clone`, one forward less), or the EMA teacher's after the update (`emit: teacher`).
 """
 
 from __future__ import annotations
@@ -372,6 +372,9 @@ class AdaptationModule(L.LightningModule):
             if not self.plan.stopping or discrepancy <= self.cfg.stopping.tau:
                 break
             feat_before = after.head_feature
+        if self.plan.emit == "teacher":
+            with torch.no_grad():
+                return self.predict_body(self.teacher, frame["img"])
         return emitted if self.plan.emit == "clone" and emitted is not None else after
 
     def _finite_or(self, pred: BodyPrediction, fallback: BodyPrediction) -> BodyPrediction:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RETRIEVALS = ("pose", "feature", "random")
-EMITTED = ("updated", "clone")
+EMITTED = ("updated", "clone", "teacher")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class Plan:
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames
     video_align: bool  # level 3's alignment with the frozen video encoder
     emitted_smoothness: bool  # level 3's squared acceleration over the predictions emitted before t
-    emit: str  # the prediction recorded for frame t: `updated` base model, or the `clone` adapted on t
+    emit: str  # the prediction recorded for frame t: `updated` base model, the `clone` adapted on t, or the
+    # EMA `teacher` after the update (averaged weights: smoother output, and the run's final weights)
 
     @classmethod
     def from_config(cls, adapter) -> Plan:
@@ -48,6 +49,8 @@ class Plan:
                 "adapter.replay.inner=true needs a retrieval known before the inner step "
                 "(adapter.replay.retrieval=pose or random); feature retrieval uses the frame's feature"
             )
+        if adapter.emit == "teacher" and outer and not adapter.teacher.enabled:
+            raise ValueError("adapter.emit=teacher needs the mean teacher: set adapter.teacher.enabled=true")
         weights = adapter.loss_weights
         return cls(
             levels=levels,

@@ -199,6 +199,8 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: 
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=TargetStream(data))
+    if plan.emit == "teacher":  # the weights whose predictions were emitted are the run's final ones
+        source.model.load_state_dict(module.teacher.state_dict())
     local = {k: v.numpy() for k, v in module.predictions().items()} if module.frames_done else None
     counters = {k: float(v) for k, v in module.counters.items()}
     gathered = gather_predictions(local, counters, trainer.world_size)
