@@ -61,8 +61,8 @@ def predict_frames(
 
     A sequence model (one declaring `seq_len`) sees each track in consecutive windows of seq_len
     frames (the last one shorter), one window per forward; a single-frame model sees batches of rows.
-    Returns numpy arrays: index (N,), pose (N, 72) axis-angle, betas (N, 10), and with `features`
-    the pooled trunk feature (N, C).
+    Returns numpy arrays: index (N,), pose (N, 72) axis-angle, betas (N, 10), cam (N, 3) weak-perspective
+    crop camera, and with `features` the pooled trunk feature (N, C).
     """
     device = next(model.parameters()).device
     seq_len = getattr(model, "seq_len", None)
@@ -77,18 +77,20 @@ def predict_frames(
         batches = (default_collate([frames[i] for i in window]) for window in windows)
     was_training = model.training
     model.eval()
-    poses, betas, feats = [], [], []
+    poses, betas, cams, feats = [], [], [], []
     for batch in batches:
         images = batch["img"].to(device)
         out = model(images if seq_len is None else images[None])  # (1, T, 3, S, S) for a sequence model
         poses.append(rotmat_to_axis_angle(out.rotmat.float()).reshape(-1, 72).cpu())
         betas.append(out.betas.float().reshape(-1, out.betas.shape[-1]).cpu())
+        cams.append(out.cam.float().reshape(-1, 3).cpu())
         feats.append(out.feature.float().reshape(-1, out.feature.shape[-1]).cpu())
     model.train(was_training)
     result = {
         "index": torch.arange(len(frames)).numpy(),
         "pose": torch.cat(poses).numpy(),
         "betas": torch.cat(betas).numpy(),
+        "cam": torch.cat(cams).numpy(),
     }
     if features:
         result["feature"] = torch.cat(feats).numpy()

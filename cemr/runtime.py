@@ -141,7 +141,7 @@ def config_differences(old: DictConfig, new: DictConfig, limit: int = 5) -> str:
     return "; ".join(shown) + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-RUN_OUTPUTS = ("config.yaml", "metrics.json", "predictions.npz")
+RUN_OUTPUTS = ("config.yaml", "metrics.json", "predictions.npz", "per_frame.csv")
 STREAM_STATES = "adapt_state*.pt"
 
 

@@ -70,6 +70,16 @@ def test_adapt_writes_outputs_and_evaluate_rescores_them(workspace, capsys):
         assert pred["pose"].shape == (32, 72) and pred["betas"].shape == (32, 10)
         assert pred["joints14"].shape == (32, 14, 3)
         assert list(pred["frame"]) == sorted(pred["frame"])  # time order within the one track
+        for key in ("cam", "source_cam"):
+            assert pred[key].shape == (32, 3)
+        assert pred["source_pose"].shape == (32, 72) and pred["center"].shape == (32, 2)
+        assert pred["scale"].shape == (32,) and pred["crop_size"] == 112  # hmr_small's crop
+        assert not np.allclose(pred["source_pose"], pred["pose"])  # adapted differs from source-only
+    per_frame = np.genfromtxt(out / "per_frame.csv", delimiter=",", names=True, dtype=None, encoding=None)
+    assert len(per_frame) == 32
+    for prefix in ("", "source_", "snapshot_"):
+        for key in ("mpjpe", "pa_mpjpe", "pve"):
+            assert per_frame[prefix + key].mean() == pytest.approx(recorded[prefix + key], abs=1e-4)
     rescored = evaluate_run(compose_config("evaluate", [f"run_dir={out}"]))
     for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
         assert rescored[key] == pytest.approx(recorded[key], abs=1e-6)
@@ -113,6 +123,19 @@ def test_snapshot_rescores_the_final_weights(workspace):
         assert frozen[f"snapshot_{key}"] == pytest.approx(frozen[f"source_{key}"], abs=1e-9)
     moved = adapt_run(adapt_cfg(root, "lr_default", ["adapter.levels=2"]))
     assert moved["snapshot_pa_mpjpe"] != moved["source_pa_mpjpe"]
+
+
+def test_emit_teacher_that_never_moves_emits_and_keeps_the_source_model(workspace):
+    root, _ = workspace
+    # ema 1: the teacher stays the source model while the base weights adapt under it
+    still = adapt_run(
+        adapt_cfg(root, "teacher1", ["adapter.levels=2", "adapter.emit=teacher", "adapter.teacher.ema=1"])
+    )
+    for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
+        # one frame at a time vs batches of 64: the same weights, float32 summation order differs
+        assert still[key] == pytest.approx(still[f"source_{key}"], abs=1e-4)
+        assert still[f"snapshot_{key}"] == still[f"source_{key}"]
+    assert still["outer_steps"] == 32
 
 
 def test_evaluate_refuses_a_dir_without_predictions(tmp_path):

@@ -391,6 +391,7 @@ class AdaptationModule(L.LightningModule):
                 "index": batch["index"].detach().cpu(),
                 "pose": pose.float().cpu(),
                 "betas": pred.betas.detach().float().cpu(),
+                "cam": pred.cam.detach().float().cpu(),
             }
         )
         if bool(batch["has_smpl"].all()):
@@ -454,7 +455,7 @@ class AdaptationModule(L.LightningModule):
         return len(self.records)
 
     def predictions(self) -> dict[str, torch.Tensor]:
-        """All recorded frames in stream order: index (N,), pose (N, 72), betas (N, 10)."""
+        """All recorded frames in stream order: index (N,), pose (N, 72), betas (N, 10), cam (N, 3)."""
         if not self.records:
             raise RuntimeError("no frames were adapted: the target stream is empty")
         return {k: torch.cat([r[k] for r in self.records]) for k in self.records[0]}

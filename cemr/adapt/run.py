@@ -2,7 +2,7 @@
 
 Builds what it needs first (body model, dataset, source model and video encoder; all cached), scores
 the source model without adaptation, streams the target through the AdaptationModule, and writes
-`config.yaml`, `metrics.json` and `predictions.npz` into the run dir.
+`config.yaml`, `metrics.json`, `predictions.npz` and `per_frame.csv` into the run dir.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from cemr.adapt.module import AdaptationModule
 from cemr.adapt.parallel import adaptation_strategy, gather_predictions
 from cemr.adapt.plan import Plan
 from cemr.adapt.resume import StreamCheckpoint, TargetStream, check_stream_state
-from cemr.data.prepare import remove_leftovers, save_npz_atomic
+from cemr.data.prepare import remove_leftovers, save_npz_atomic, write_text_atomic
 from cemr.data.retrieval import PoseIndex, ReplayBank
 from cemr.evaluation.protocol import joints14
-from cemr.evaluation.report import body_vertices, score_dataset, summarize_errors
+from cemr.evaluation.report import body_vertices, errors_by_row, frame_table, score_dataset, summarize_errors
 from cemr.models import load_checkpoint
 from cemr.prediction import predict_frames
 from cemr.runtime import (
@@ -81,17 +81,23 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # Saved before scoring: a failure in scoring must not lose the adaptation.
     regressor = body_models["neutral"].J_regressor_h36m.double().cpu().numpy()
-    write_predictions(out_dir / "predictions.npz", predictions, target, body_models["neutral"], regressor)
+    camera = {"focal_length": cfg.focal_length, "crop_size": cfg.backbone.crop_size}
+    write_predictions(
+        out_dir / "predictions.npz", predictions, target, body_models["neutral"], regressor, baseline, camera
+    )
     # The final adapted weights re-run over the whole target: a model that became a per-frame tracker
     # (its state in the weights) scores far worse here than in the stream.
     snapshot = predict_frames(source.model, target) if plan.levels > 0 else None
     metrics = {}
     if scorable:
-        scored = {"": predictions, "source_": baseline, "snapshot_": snapshot}
+        scored = {"source_": baseline, "": predictions, "snapshot_": snapshot}
+        by_row = {}
         for prefix, frames in scored.items():
             if frames is not None:
-                errors = summarize_errors(score_dataset(frames, target, body_models, regressor))
-                metrics.update({f"{prefix}{k}": v for k, v in errors.items()})
+                errors = score_dataset(frames, target, body_models, regressor)
+                metrics.update({f"{prefix}{k}": v for k, v in summarize_errors(errors).items()})
+                by_row[prefix] = errors_by_row(frames, target, errors)
+        write_text_atomic(out_dir / "per_frame.csv", frame_table(target, by_row))
     metrics.update(predictions.get("counters", {}))
     write_metrics(metrics, out_dir)
     print_summary(cfg, metrics, scorable, out_dir)
@@ -234,22 +240,35 @@ def replay_cache_path(cfg: DictConfig, source_split: str | Path) -> Path:
     return Path(cfg.paths.cache_dir) / "replay" / name
 
 
-def write_predictions(path: Path, predictions: dict, frames, body_model, regressor: np.ndarray) -> None:
-    """Write predictions.npz: seq, frame, person, pose (N, 72), betas (N, 10), joints14 (N, 14, 3)."""
+def write_predictions(
+    path: Path, predictions: dict, frames, body_model, regressor: np.ndarray, baseline: dict, camera: dict
+) -> None:
+    """Write predictions.npz, everything needed to redraw a run (in stream order, N frames):
+    index (dataset row), seq, frame, person; pose (N, 72), betas (N, 10), cam (N, 3) weak-perspective
+    crop camera, joints14 (N, 14, 3); the source model's source_pose, source_betas, source_cam of the
+    same frames; the box, center (N, 2) and scale (N,) (x 200 px) of the crop; focal_length and
+    crop_size of the camera model (scalars)."""
     index = np.asarray(predictions["index"])
     vertices = body_vertices(body_model, predictions["pose"], predictions["betas"])
-    save_npz_atomic(
-        path,
-        {
-            "index": index,
-            "seq": np.asarray(frames.data["seq"])[index],
-            "frame": np.asarray(frames.data["frame"])[index],
-            "person": np.asarray(frames.data["person"])[index],
-            "pose": predictions["pose"].astype(np.float32),
-            "betas": predictions["betas"].astype(np.float32),
-            "joints14": joints14(vertices, regressor).astype(np.float32),
-        },
-    )
+    data = frames.data
+    arrays = {
+        "index": index,
+        "seq": np.asarray(data["seq"])[index],
+        "frame": np.asarray(data["frame"])[index],
+        "person": np.asarray(data["person"])[index],
+        "pose": predictions["pose"].astype(np.float32),
+        "betas": predictions["betas"].astype(np.float32),
+        "cam": predictions["cam"].astype(np.float32),
+        "joints14": joints14(vertices, regressor).astype(np.float32),
+        "center": np.asarray(data["center"])[index].astype(np.float32),
+        "scale": np.asarray(data["scale"])[index].astype(np.float32),
+        "focal_length": np.float32(camera["focal_length"]),
+        "crop_size": np.int64(camera["crop_size"]),
+    }
+    row = {int(r): i for i, r in enumerate(baseline["index"])}
+    at = np.array([row[int(r)] for r in index])
+    arrays.update({f"source_{k}": baseline[k][at].astype(np.float32) for k in ("pose", "betas", "cam")})
+    save_npz_atomic(path, arrays)
 
 
 def print_summary(cfg: DictConfig, metrics: dict, scorable: bool, out_dir: Path) -> None:

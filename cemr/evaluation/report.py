@@ -77,6 +77,39 @@ def summarize_errors(errors: dict[str, np.ndarray]) -> dict[str, float]:
     return summary
 
 
+FRAME_ERRORS = ("mpjpe", "pa_mpjpe", "pve")
+
+
+def errors_by_row(predictions: dict, frames, errors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`score_dataset`'s per-frame errors laid out by the dataset's rows: (len(frames),) arrays of
+    MPJPE, PA-MPJPE and PVE (mm), NaN where a row was not predicted or has no SMPL ground truth."""
+    index = np.asarray(predictions["index"])
+    rows = index[np.asarray(frames.data["has_smpl"])[index] > 0]
+    table = {}
+    for name in FRAME_ERRORS:
+        column = np.full(len(frames), np.nan)
+        column[rows] = errors[name]
+        table[name] = column
+    return table
+
+
+def frame_table(frames, scored: dict[str, dict[str, np.ndarray]]) -> str:
+    """CSV text, one line per dataset row (seq, frame, person, then `<prefix><error>` columns in mm)
+    from {prefix: errors_by_row(...)}; unscored cells are empty."""
+    columns = [f"{prefix}{name}" for prefix in scored for name in FRAME_ERRORS]
+    lines = [",".join(["row", "seq", "frame", "person", *columns])]
+    data = frames.data
+    values = np.stack([scored[p][n] for p in scored for n in FRAME_ERRORS], axis=1)
+    for row in range(len(frames)):
+        cells = ["" if np.isnan(v) else f"{v:.4f}" for v in values[row]]
+        lines.append(
+            ",".join(
+                [str(row), str(data["seq"][row]), str(data["frame"][row]), str(data["person"][row]), *cells]
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
 def score_dataset(predictions: dict, frames, body_models: dict, J_regressor_h36m: np.ndarray) -> dict:
     """Per-frame errors of predictions {index, pose, betas} against a PreparedDataset's SMPL ground truth.
 
