@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -83,7 +84,33 @@ def test_adapt_writes_outputs_and_evaluate_rescores_them(workspace, capsys):
     rescored = evaluate_run(compose_config("evaluate", [f"run_dir={out}"]))
     for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
         assert rescored[key] == pytest.approx(recorded[key], abs=1e-6)
-    assert "yes" in capsys.readouterr().out
+    assert "matches metrics.json: yes" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert f"| source only | {recorded['source_mpjpe']:.1f} | {recorded['source_pa_mpjpe']:.1f} |" in report
+    assert f"| adapted | {recorded['mpjpe']:.1f} | {recorded['pa_mpjpe']:.1f} |" in report
+    sequences = np.genfromtxt(out / "results.csv", delimiter=",", names=True, dtype=None, encoding=None)
+    assert sequences["frames"].sum() == 32
+    for name in ("errors_over_time", "error_distribution", "per_sequence"):
+        assert cv2.imread(str(out / "plots" / f"{name}.png")) is not None
+
+
+def test_evaluate_a_sweep_reports_short_labels_and_the_source_model(workspace, capsys):
+    root, _ = workspace
+    sweep = root / "sweep"
+    for job, levels in enumerate((0, 1)):
+        overrides = [f"adapter.levels={levels}", "dataset.prepare.seed=0", f"paths.data_dir={root / 'data'}"]
+        adapt_run(adapt_cfg(root, f"sweep/{job}", [overrides[0]]))
+        (sweep / str(job) / ".hydra").mkdir()
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text("\n".join(f"- {o}" for o in overrides))
+    evaluate_run(compose_config("evaluate", [f"run_dir={sweep}"]))
+    report = (sweep / "report.md").read_text()
+    assert "| 0 | adapter.levels=0 | 0 |" in report and "| 1 | adapter.levels=1 | 0 |" in report
+    assert "paths.data_dir" not in report  # shared by every job: labels nothing
+    assert "| source only | 1 |" in report  # one source-only row for the one build
+    rows = np.genfromtxt(sweep / "results.csv", delimiter=",", names=True, dtype=None, encoding=None)
+    assert list(rows["config"]) == ["adapter.levels=0", "adapter.levels=1"]
+    assert rows["pa_mpjpe"][0] == pytest.approx(rows["source_pa_mpjpe"][0], abs=1e-6)
+    assert cv2.imread(str(sweep / "plots" / "sweep_pa_mpjpe.png")) is not None
 
 
 def test_same_config_gives_the_same_numbers(workspace):

@@ -1,50 +1,78 @@
 """`run(cfg)` behind evaluate.py: re-score a finished run (or every job of a multirun sweep) from its
-predictions.npz against the dataset's ground truth, and tabulate."""
+predictions.npz against the dataset's ground truth, and write what can be looked at into that dir.
+
+A run: report.md (overall and per-sequence, source only vs adapted, paired differences), results.csv
+(per sequence) and plots/. A sweep: report.md (one row per job, then mean +- sd over builds and paired
+differences between configs, source only included), results.csv (per job) and plots/.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from cemr.data.prepare import write_text_atomic
+from cemr.evaluation import plots
 from cemr.evaluation.builds import (
     BUILD_SEED_KEY,
     JobResult,
+    across_builds,
     builds_report,
     label_without_build,
     shared_overrides,
 )
 from cemr.evaluation.report import score_dataset, summarize_errors
+from cemr.evaluation.summary import OVERALL_METRICS, overall, run_report, sequence_rows, to_csv
 from cemr.runtime import build_body_models, build_datamodule
 
-COLUMNS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
+COLUMNS = OVERALL_METRICS
 SNAPSHOT_COUNT = "snapshot_frames"  # a count, not an error: left out of the builds report
+SOURCE_LABEL = "source only"
 
 
-def rescore_frames(run_dir: str | Path) -> tuple[DictConfig, dict[str, np.ndarray], np.ndarray]:
-    """The run's config, its per-frame errors (mm) computed afresh from predictions.npz, and the
-    sequence name of each scored frame."""
+@dataclass
+class Rescored:
+    """One run dir scored afresh: per-frame errors (mm) of the adapted and (when saved) source-only
+    predictions, the sequence of each scored frame, and what the run recorded in metrics.json."""
+
+    cfg: DictConfig
+    adapted: dict[str, np.ndarray]
+    source: dict[str, np.ndarray] | None
+    sequences: np.ndarray
+    recorded: dict[str, float]
+
+
+def rescore_run(run_dir: str | Path) -> Rescored:
     run_dir = Path(run_dir)
     for name in ("config.yaml", "predictions.npz"):
         if not (run_dir / name).is_file():
             raise FileNotFoundError(f"{run_dir}: no {name}; is this the output dir of `python adapt.py`?")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     with np.load(run_dir / "predictions.npz", allow_pickle=False) as f:
-        predictions = {k: f[k] for k in ("index", "pose", "betas")}
+        adapted = {k: f[k] for k in ("index", "pose", "betas")}
+        # runs written before predictions.npz held the source model's predictions have none
+        source = (
+            {"index": f["index"], "pose": f["source_pose"], "betas": f["source_betas"]}
+            if "source_pose" in f
+            else None
+        )
     body_models = build_body_models(cfg.body)
     regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
     target = build_datamodule(cfg).target
-    errors = score_dataset(predictions, target, body_models, regressor)
-    index = np.asarray(predictions["index"])
+    index = np.asarray(adapted["index"])
     scored = index[np.asarray(target.data["has_smpl"])[index] > 0]
-    return cfg, errors, np.asarray(target.data["seq"])[scored]
-
-
-def rescore(run_dir: str | Path) -> dict[str, float]:
-    """Scores of one run dir (config.yaml + predictions.npz), computed afresh (mm)."""
-    return summarize_errors(rescore_frames(run_dir)[1])
+    recorded_path = run_dir / "metrics.json"
+    return Rescored(
+        cfg=cfg,
+        adapted=score_dataset(adapted, target, body_models, regressor),
+        source=score_dataset(source, target, body_models, regressor) if source is not None else None,
+        sequences=np.asarray(target.data["seq"])[scored],
+        recorded=json.loads(recorded_path.read_text()) if recorded_path.is_file() else {},
+    )
 
 
 def job_dirs(run_dir: Path) -> list[Path]:
@@ -62,54 +90,117 @@ def overrides_list(job: Path) -> list[str]:
     return list(OmegaConf.load(path)) if path.is_file() else []
 
 
-def overrides_of(job: Path) -> str:
-    return " ".join(overrides_list(job)) or job.name
+def matches_recorded(scores: dict[str, float], recorded: dict[str, float]) -> bool:
+    return all(abs(recorded.get(k, np.nan) - scores[k]) < 1e-3 for k in COLUMNS if k in scores)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    from rich.console import Console
-    from rich.table import Table
+    run_dir = Path(cfg.run_dir)
+    jobs = job_dirs(run_dir)
+    if jobs == [run_dir]:
+        return evaluate_run(run_dir)
+    return evaluate_sweep(run_dir, jobs)
 
-    jobs = job_dirs(Path(cfg.run_dir))
-    table = Table(title=f"re-scored from predictions.npz (mm): {cfg.run_dir}")
-    table.add_column("run")
-    for name in COLUMNS:
-        table.add_column(name.upper().replace("_", "-"), justify="right")
-    table.add_column("matches metrics.json")
-    results, per_job = {}, []
-    common = shared_overrides([overrides_list(job) for job in jobs]) if len(jobs) > 1 else set()
-    for job in jobs:
-        job_cfg, errors, sequences = rescore_frames(job)
-        scores = summarize_errors(errors)
-        recorded_path = job / "metrics.json"
-        recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else {}
-        per_job.append(
-            JobResult(
-                label=label_without_build(overrides_list(job), common),
-                build=int(OmegaConf.select(job_cfg, BUILD_SEED_KEY, default=0)),
-                errors=errors,
-                sequences=sequences,
-                extra={
-                    k: v for k, v in recorded.items() if k.startswith("snapshot_") and k != SNAPSHOT_COUNT
-                },
-            )
-        )
-        same = all(abs(recorded.get(k, np.nan) - scores[k]) < 1e-3 for k in COLUMNS if k in scores)
-        table.add_row(
-            overrides_of(job) if len(jobs) > 1 else job.name,
-            *(f"{scores.get(k, float('nan')):.2f}" for k in COLUMNS),
-            "yes" if same else "NO",
-        )
-        results = (
-            scores if len(jobs) == 1 else {**results, **{f"{job.name}/{k}": v for k, v in scores.items()}}
-        )
+
+def evaluate_run(run_dir: Path) -> dict[str, float]:
+    from rich.console import Console
+
+    scores = rescore_run(run_dir)
+    adapted = summarize_errors(scores.adapted)
+    report = run_report(run_dir.name, scores.sequences, scores.adapted, scores.source, scores.recorded)
+    same = matches_recorded(adapted, scores.recorded)
+    report += f"\nRe-scored from predictions.npz; matches metrics.json: {'yes' if same else 'NO'}\n"
+    written = [
+        write_text_atomic(run_dir / "report.md", report),
+        write_text_atomic(
+            run_dir / "results.csv", to_csv(sequence_rows(scores.sequences, scores.adapted, scores.source))
+        ),
+    ]
+    figures = {
+        "errors_over_time": plots.errors_over_time(scores.sequences, scores.adapted, scores.source),
+        "error_distribution": plots.error_distribution(scores.adapted, scores.source),
+        "per_sequence": plots.per_sequence_bars(scores.sequences, scores.adapted, scores.source),
+    }
+    written += [plots.save(fig, run_dir / "plots" / f"{name}.png") for name, fig in figures.items()]
     console = Console()
-    console.print(table)
-    if len(jobs) > 1:
-        named = OmegaConf.select(OmegaConf.load(jobs[0] / "config.yaml"), "dataset.builds", default=None)
-        report = builds_report(per_job, named_builds=OmegaConf.to_container(named) if named else None)
-        path = Path(cfg.run_dir) / "builds.md"
-        path.write_text(report)
-        console.print(report)
-        console.print(f"written to {path}")
+    console.print(report)
+    console.print("written: " + ", ".join(str(p.relative_to(run_dir)) for p in written) + f" in {run_dir}")
+    return adapted
+
+
+def evaluate_sweep(run_dir: Path, jobs: list[Path]) -> dict[str, float]:
+    from rich.console import Console
+
+    common = shared_overrides([overrides_list(job) for job in jobs])
+    results, per_job, rows = {}, [], []
+    for job in jobs:
+        scores = rescore_run(job)
+        label = label_without_build(overrides_list(job), common)
+        build = int(OmegaConf.select(scores.cfg, BUILD_SEED_KEY, default=0))
+        snapshot = {
+            k: v for k, v in scores.recorded.items() if k.startswith("snapshot_") and k != SNAPSHOT_COUNT
+        }
+        per_job.append(JobResult(label, build, scores.adapted, scores.sequences, extra=snapshot))
+        if scores.source is not None:
+            per_job.append(JobResult(SOURCE_LABEL, build, scores.source, scores.sequences))
+        adapted = summarize_errors(scores.adapted)
+        source = overall(scores.source) if scores.source is not None else {}
+        rows.append(
+            {
+                "job": job.name,
+                "config": label,
+                "build": build,
+                **{m: adapted.get(m, float("nan")) for m in COLUMNS},
+                **{f"source_{m}": source.get(m, float("nan")) for m in COLUMNS},
+                "matches_metrics_json": "yes" if matches_recorded(adapted, scores.recorded) else "NO",
+            }
+        )
+        results.update({f"{job.name}/{k}": v for k, v in adapted.items()})
+    per_job = _one_source_per_build(per_job)
+    named = OmegaConf.select(OmegaConf.load(jobs[0] / "config.yaml"), "dataset.builds", default=None)
+    lines = [f"# {run_dir.name}: {len(jobs)} jobs", "", "## Jobs (mm; only the overrides that differ)", ""]
+    lines += [
+        "| job | config | build | " + " | ".join(COLUMNS) + " | source PA-MPJPE | matches metrics.json |"
+    ]
+    lines += ["|---" * (len(COLUMNS) + 5) + "|"]
+    for row in rows:
+        cells = [f"{row[m]:.1f}" for m in COLUMNS] + [f"{row['source_pa_mpjpe']:.1f}"]
+        lines.append(
+            f"| {row['job']} | {row['config']} | {row['build']} | "
+            + " | ".join(cells)
+            + f" | {row['matches_metrics_json']} |"
+        )
+    report = "\n".join(lines) + "\n\n"
+    report += builds_report(per_job, named_builds=OmegaConf.to_container(named) if named else None)
+    table = across_builds(per_job)
+    written = [
+        write_text_atomic(run_dir / "report.md", report),
+        write_text_atomic(run_dir / "results.csv", to_csv(rows)),
+    ]
+    written += [
+        plots.save(plots.sweep_bars(table, metric), run_dir / "plots" / f"sweep_{metric}.png")
+        for metric in ("pa_mpjpe", "mpjpe", "accel_error")
+    ]
+    console = Console()
+    console.print(report)
+    console.print("written: " + ", ".join(str(p.relative_to(run_dir)) for p in written) + f" in {run_dir}")
     return results
+
+
+def _one_source_per_build(jobs: list[JobResult]) -> list[JobResult]:
+    """Keep one source-only result per build; jobs of one build whose source models differ (a sweep
+    over checkpoints) keep theirs apart, labelled with their config."""
+    kept, adapted_label = [], None
+    first: dict[int, JobResult] = {}
+    for job in jobs:
+        if job.label != SOURCE_LABEL:
+            adapted_label = job.label
+            kept.append(job)
+            continue
+        seen = first.get(job.build)
+        if seen is None:
+            first[job.build] = job
+            kept.append(job)
+        elif not all(np.allclose(seen.errors[m], job.errors[m], atol=1e-6) for m in seen.errors):
+            kept.append(JobResult(f"{SOURCE_LABEL} ({adapted_label})", job.build, job.errors, job.sequences))
+    return kept
