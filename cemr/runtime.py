@@ -75,6 +75,8 @@ NOT_IN_DIGEST = (
     "paths",
     "logger",
     "overwrite",
+    "render",
+    "overlay",
     "trainer.default_root_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",

@@ -11,6 +11,7 @@ import pytest
 from cemr.adapt.module import AdaptationModule
 from cemr.adapt.run import run as adapt_run
 from cemr.evaluation.run import run as evaluate_run
+from cemr.runtime import build_datamodule
 from cemr.train.run import run as train_run
 from tests.conftest import REPO, TINY, compose_config
 
@@ -163,6 +164,25 @@ def test_emit_teacher_that_never_moves_emits_and_keeps_the_source_model(workspac
         assert still[key] == pytest.approx(still[f"source_{key}"], abs=1e-4)
         assert still[f"snapshot_{key}"] == still[f"source_{key}"]
     assert still["outer_steps"] == 32
+
+
+def test_render_draws_source_and_adapted_meshes_over_the_frames(workspace):
+    root, _ = workspace
+    out = root / "render"
+    adapt_run(adapt_cfg(root, "render", ["adapter.levels=1", "render=true", "overlay.every=4"]))
+    frames = sorted((out / "overlays").glob("frame_*.png"))
+    assert len(frames) == 8  # 32 frames, every 4th
+    panel = cv2.imread(str(frames[0]))
+    with np.load(out / "predictions.npz") as pred:
+        index = int(pred["index"][0])
+    full = build_datamodule(adapt_cfg(root, "render")).target.load_image(index)
+    assert panel.shape == (full.shape[0], 3 * full.shape[1], 3)  # input | source only | adapted
+    video = cv2.VideoCapture(str(out / "overlays" / "overlay.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+    # evaluate.py redraws it from the run dir alone
+    evaluate_run(compose_config("evaluate", [f"run_dir={out}", "render=true", "overlay.max_frames=2"]))
+    assert int(cv2.VideoCapture(str(out / "overlays" / "overlay.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    assert len(list((out / "overlays").glob("frame_*.png"))) == 2  # the earlier drawing's frames are gone
 
 
 def test_evaluate_refuses_a_dir_without_predictions(tmp_path):

@@ -101,6 +101,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics.update(predictions.get("counters", {}))
     write_metrics(metrics, out_dir)
     print_summary(cfg, metrics, scorable, out_dir)
+    if cfg.get("render"):
+        from cemr.viz.run import render_run
+
+        print(f"overlay video: {render_run(out_dir, cfg.overlay)}")
     return metrics
 
 

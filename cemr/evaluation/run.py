@@ -97,9 +97,18 @@ def matches_recorded(scores: dict[str, float], recorded: dict[str, float]) -> bo
 def run(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.run_dir)
     jobs = job_dirs(run_dir)
-    if jobs == [run_dir]:
-        return evaluate_run(run_dir)
-    return evaluate_sweep(run_dir, jobs)
+    if jobs != [run_dir]:
+        if cfg.render:
+            raise ValueError(
+                f"render=true draws one run; {run_dir} is a sweep: pass one of its jobs as run_dir"
+            )
+        return evaluate_sweep(run_dir, jobs)
+    metrics = evaluate_run(run_dir)
+    if cfg.render:
+        from cemr.viz.run import render_run
+
+        print(f"overlay video: {render_run(run_dir, cfg.overlay)}")
+    return metrics
 
 
 def evaluate_run(run_dir: Path) -> dict[str, float]:
