@@ -16,6 +16,7 @@ crop uses (cemr.geometry), not SPIN's 1-based integer `transform`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,7 +312,8 @@ class CEMRDataModule(L.LightningDataModule):
         self.img_root = Path(img_root) if img_root is not None else self.root
         self.source_split, self.target_split = source_split, target_split
         self.keypoints, self.crop_size = keypoints, crop_size
-        self.batch_size, self.num_workers = batch_size, num_workers
+        # more loader workers than cores only slows things down (and torch warns about it)
+        self.batch_size, self.num_workers = batch_size, min(num_workers, os.cpu_count() or 1)
         self.noise_std, self.seed = keypoint_noise_std, seed
         self._source: PreparedDataset | None = None
         self._target: PreparedDataset | None = None

@@ -1,0 +1,73 @@
+"""Backbones built from the config, optionally starting from released weights (`backbone.weights`).
+
+`backbone.weights=<file>` names a SPIN `model_checkpoint.pt`, a DynaBOA `basemodel.pt` or a VIBE
+`vibe_model_*.pth.tar` (FORMATS.md 6); `backbone.weights_format` says which (`auto`: VIBE for a VIBE
+backbone, else DynaBOA for GroupNorm and SPIN for BatchNorm, the norms those files were trained with).
+train.py starts training from them; adapt.py adapts them as the source model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from cemr.models.checkpoints import (
+    CEMRCheckpoint,
+    CheckpointError,
+    LoadReport,
+    load_dynaboa_checkpoint,
+    load_spin_checkpoint,
+    load_vibe_checkpoint,
+)
+
+WEIGHT_KEYS = ("weights", "weights_format")  # backbone keys that are not the model class's parameters
+LOADERS = {"spin": load_spin_checkpoint, "dynaboa": load_dynaboa_checkpoint, "vibe": load_vibe_checkpoint}
+
+
+def model_config(backbone: DictConfig) -> DictConfig:
+    """The backbone node less WEIGHT_KEYS: what builds the model and what a CEMR checkpoint stores."""
+    return OmegaConf.masked_copy(backbone, [k for k in backbone if k not in WEIGHT_KEYS])
+
+
+def weights_format(backbone: DictConfig) -> str:
+    given = backbone.get("weights_format") or "auto"
+    if given == "auto":
+        if "seq_len" in backbone:
+            return "vibe"
+        return "dynaboa" if backbone.get("norm") == "group" else "spin"
+    if given not in LOADERS:
+        raise ValueError(f"backbone.weights_format must be auto or one of {sorted(LOADERS)}, got {given!r}")
+    return given
+
+
+def build_backbone(backbone: DictConfig) -> nn.Module:
+    """The configured model, with `backbone.weights` loaded into it when set (report printed)."""
+    model = instantiate(model_config(backbone))
+    if backbone.get("weights"):
+        print(load_foreign_weights(model, backbone))
+    return model
+
+
+def load_foreign_weights(model: nn.Module, backbone: DictConfig) -> LoadReport:
+    """Load the file into the model; refuse one that leaves weights mis-shaped or, except VIBE's
+    generator (which holds no trunk: VIBE takes SPIN's), missing."""
+    path, layout = Path(backbone.weights), weights_format(backbone)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone.weights: {path} not found")
+    report = LOADERS[layout](path, model)
+    if report.mismatched or not report.loaded or (report.missing and layout != "vibe"):
+        raise CheckpointError(
+            f"backbone.weights={path} (format {layout}) does not fit backbone={backbone.name}:\n{report}"
+        )
+    return report
+
+
+def foreign_source(backbone: DictConfig) -> CEMRCheckpoint:
+    """The source model of adapt.py when `backbone.weights` names released weights: no CEMR
+    checkpoint, hence no projection head P (`extra` is empty)."""
+    model = build_backbone(backbone)
+    config = OmegaConf.to_container(model_config(backbone), resolve=True)
+    return CEMRCheckpoint(model=model, config=config, extra={}, report=None)

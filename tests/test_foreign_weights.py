@@ -1,0 +1,59 @@
+"""`backbone.weights`: released SPIN / DynaBOA / VIBE files, fabricated here in their key layouts, load
+into the configured backbone; files that do not fit are refused with what did not fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cemr.models import CheckpointError
+from cemr.models.checkpoints import cemr_key_to_spin
+from cemr.models.foreign import build_backbone, model_config, weights_format
+from tests.conftest import compose_config
+
+
+@pytest.fixture
+def backbone(parts):
+    _, _, mean_params = parts
+    node = compose_config("adapt", ["backbone=hmr_small"]).backbone
+    return OmegaConf.merge(node, {"mean_params": str(mean_params)})
+
+
+def released_layout(model: torch.nn.Module, path, prefix: str = "module.") -> dict:
+    """The model's weights as SPIN / DynaBOA save them: dict['model'] in SPIN's key names."""
+    state = {prefix + cemr_key_to_spin(k): v.clone() for k, v in model.state_dict().items()}
+    torch.save({"model": state, "optimizer": {}}, path)
+    return state
+
+
+def test_dynaboa_layout_loads_into_the_configured_backbone(backbone, tmp_path):
+    torch.manual_seed(3)
+    released = build_backbone(backbone)
+    for p in released.parameters():
+        p.data.normal_()
+    released_layout(released, tmp_path / "basemodel.pt")
+    built = build_backbone(OmegaConf.merge(backbone, {"weights": str(tmp_path / "basemodel.pt")}))
+    expected = released.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in built.state_dict().items())
+    assert "weights" not in model_config(
+        OmegaConf.merge(backbone, {"weights": "x", "weights_format": "spin"})
+    )
+
+
+def test_the_format_follows_the_backbone_unless_named(backbone):
+    assert weights_format(backbone) == "dynaboa"  # GroupNorm, as DynaBOA's basemodel.pt
+    assert weights_format(OmegaConf.merge(backbone, {"norm": "batch"})) == "spin"
+    assert weights_format(compose_config("adapt", ["backbone=vibe"]).backbone) == "vibe"
+    assert weights_format(OmegaConf.merge(backbone, {"weights_format": "spin"})) == "spin"
+    with pytest.raises(ValueError, match="weights_format must be auto or one of"):
+        weights_format(OmegaConf.merge(backbone, {"weights_format": "hmr"}))
+
+
+def test_a_file_that_does_not_fit_is_refused_with_what_did_not_fit(backbone, tmp_path):
+    narrower = build_backbone(OmegaConf.merge(backbone, {"trunk_kwargs": {"channels": [16, 32, 64, 128]}}))
+    released_layout(narrower, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"does not fit backbone=hmr_small:\n.*mis-shaped"):
+        build_backbone(OmegaConf.merge(backbone, {"weights": str(tmp_path / "other.pt")}))
+    with pytest.raises(FileNotFoundError, match="backbone.weights: .*absent.pt not found"):
+        build_backbone(OmegaConf.merge(backbone, {"weights": str(tmp_path / "absent.pt")}))
