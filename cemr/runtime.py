@@ -75,6 +75,7 @@ NOT_IN_DIGEST = (
     "paths",
     "logger",
     "overwrite",
+    "keep_stream_state",
     "render",
     "overlay",
     "trainer.default_root_dir",
@@ -213,21 +214,53 @@ def build_datamodule(cfg: DictConfig, **overrides):
 
 
 def build_loggers(cfg: DictConfig, phase: str) -> list:
-    """Every logger of the `logger` group (csv, wandb, ...), named after the phase (source, videomae,
-    adapt) so phases of one run log side by side; none for `logger=none`."""
+    """Every logger of the `logger` group (csv, wandb, ...), each given the run's resolved config; none
+    for `logger=none`. CSV logs of the phases (source, videomae, adapt) sit side by side under their
+    names; a wandb run is named after the overrides that made it and grouped by its sweep."""
     nodes = cfg.get("logger") or {}
-    return [
-        instantiate(node, name=phase) for node in nodes.values() if node is not None and "_target_" in node
-    ]
+    loggers = []
+    for key, node in nodes.items():
+        if node is None or "_target_" not in node:
+            continue
+        identity = wandb_identity(node, phase) if key == "wandb" else {"name": phase}
+        logger = instantiate(node, **identity)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        loggers.append(logger)
+    return loggers
+
+
+def wandb_identity(node: DictConfig, phase: str) -> dict[str, str | None]:
+    """name: the command-line overrides less paths and display settings ("adapter.levels=2
+    adapter.outer.lr=1e-4"; the phase when there are none) unless the config names the run; group: the
+    multirun sweep dir, so a sweep's jobs sit together; job_type: the phase."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    overrides, group = [], None
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        overrides = [
+            o for o in hydra.overrides.task if not o.split("=", 1)[0].lstrip("+~").startswith(NOT_IN_DIGEST)
+        ]
+        group = str(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else None
+    name = node.get("name") or " ".join(overrides) or phase
+    return {"name": name, "group": group, "job_type": phase}
+
+
+PHASE_UNITS = {"adapt": "frames of the target stream"}
 
 
 def build_trainer(cfg: DictConfig, phase: str, **overrides) -> lightning.Trainer:
-    """The configured Lightning Trainer, logging under `phase`, with a Rich progress bar when enabled."""
-    from lightning.pytorch.callbacks import RichProgressBar
+    """The configured Lightning Trainer, logging under `phase`, with progress when enabled: a Rich bar
+    on a terminal, periodic log lines without one (cemr.progress)."""
+    from cemr.progress import PhaseProgressBar, progress_callbacks
 
     callbacks = list(overrides.pop("callbacks", []))
     if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar(leave=True))
+        shown = progress_callbacks(phase, PHASE_UNITS.get(phase, "batches"))
+        callbacks += shown
+        # Lightning adds its own tqdm bar unless a progress bar callback is given
+        overrides.setdefault("enable_progress_bar", isinstance(shown[0], PhaseProgressBar))
     return instantiate(
         cfg.trainer, logger=build_loggers(cfg, phase) or False, callbacks=callbacks, **overrides
     )

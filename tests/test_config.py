@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import REPO, compose_config
 
@@ -87,3 +87,32 @@ def test_3dpw_selects_real_smpl_and_a_mismatched_body_is_refused():
     wrong = compose_config("adapt", ["dataset=3dpw", "body=synthetic"])
     with pytest.raises(ValueError, match="add body=smpl"):
         check_body_matches_dataset(wrong)
+
+
+def test_a_wandb_run_is_named_by_its_overrides_and_grouped_by_its_sweep():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from cemr.runtime import wandb_identity
+    from tests.conftest import CONFIG_DIR
+
+    overrides = ["adapter.levels=2", "paths.data_dir=/somewhere", "logger=wandb", "adapter.outer.lr=1e-4"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="adapt", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = "multirun/2026-11-30/12-00-00"
+    HydraConfig.instance().set_config(cfg)
+    try:
+        identity = wandb_identity(cfg.logger.wandb, "adapt")
+        assert identity == {
+            "name": "adapter.levels=2 adapter.outer.lr=1e-4",  # paths and logger choices name nothing
+            "group": "multirun/2026-11-30/12-00-00",
+            "job_type": "adapt",
+        }
+        with open_dict(cfg):
+            cfg.logger.wandb.name = "my run"
+        assert wandb_identity(cfg.logger.wandb, "adapt")["name"] == "my run"
+    finally:
+        HydraConfig.instance().cfg = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -67,6 +68,7 @@ def test_adapt_writes_outputs_and_evaluate_rescores_them(workspace, capsys):
     for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error", "source_mpjpe", "source_pa_mpjpe", "outer_steps"):
         assert key in recorded
     assert "snapshot_pa_mpjpe" in recorded and "final weights, re-run" in capsys.readouterr().out
+    assert not (out / "adapt_state.pt").exists()  # written every 10 frames, dropped once finished
     assert recorded["frames"] == 32 and recorded["clip_steps"] == 2  # 32 frames, clip stride 16
     with np.load(out / "predictions.npz") as pred:
         assert pred["pose"].shape == (32, 72) and pred["betas"].shape == (32, 10)
@@ -183,6 +185,86 @@ def test_render_draws_source_and_adapted_meshes_over_the_frames(workspace):
     evaluate_run(compose_config("evaluate", [f"run_dir={out}", "render=true", "overlay.max_frames=2"]))
     assert int(cv2.VideoCapture(str(out / "overlays" / "overlay.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 2
     assert len(list((out / "overlays").glob("frame_*.png"))) == 2  # the earlier drawing's frames are gone
+
+
+def test_wandb_gets_the_config_final_metrics_plots_and_overlays_offline(workspace, monkeypatch):
+    import wandb
+
+    root, _ = workspace
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    seen = {}
+    finish = wandb.finish
+
+    def keep_run_then_finish(*args, **kwargs):
+        seen.update(config=dict(wandb.run.config), summary=dict(wandb.run.summary), name=wandb.run.name)
+        seen["dir"] = Path(wandb.run.dir)
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "finish", keep_run_then_finish)
+    overrides = ["adapter.levels=2", "logger=wandb", "overlay.wandb_every=8"]
+    metrics = adapt_run(adapt_cfg(root, "wandb_run", overrides))
+    assert seen["config"]["adapter"]["levels"] == 2 and seen["config"]["seed"] == 0  # the resolved config
+    for key in ("pa_mpjpe", "mpjpe", "pve", "source_pa_mpjpe", "snapshot_pa_mpjpe"):
+        assert seen["summary"][key] == pytest.approx(metrics[key])
+    assert seen["name"] == "adapt"  # outside a Hydra app there are no command-line overrides to name it by
+    media = seen["dir"] / "media" / "images"
+    assert len(list((media / "stream").glob("overlay_*.png"))) == 4  # 32 frames, every 8th
+    assert {p.name.split("_")[0] for p in (media / "plots").glob("*.png")} >= {"errors", "error", "per"}
+    assert wandb.run is None  # closed: a sweep's next job opens its own
+
+
+def test_a_video_with_openpose_keypoints_adapts_end_to_end_with_the_source_model(workspace, tmp_path):
+    from cemr.data.synthetic.clip import write_clip
+
+    root, _ = workspace
+    clip = write_clip(root / "data" / "cache" / "synthetic_seed0", tmp_path / "demo")
+    video = [
+        "dataset=video",
+        f"dataset.video_path={clip / 'clip.mp4'}",
+        f"dataset.keypoints_path={clip / 'openpose'}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+    ]
+    out = root / "video_run"
+    metrics = adapt_run(
+        compose_config(
+            "adapt", [*paths(root), *video, "adapter.levels=1", "render=true", "overlay.every=8"], out
+        )
+    )
+    assert "pa_mpjpe" not in metrics and not (out / "per_frame.csv").exists()  # nothing to score
+    with np.load(out / "predictions.npz") as pred:
+        assert pred["pose"].shape == (32, 72) and set(pred["seq"]) == {"video"}
+    assert int(cv2.VideoCapture(str(out / "overlays" / "overlay.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    assert evaluate_run(compose_config("evaluate", [f"run_dir={out}"])) == {}
+    assert "no SMPL ground truth: nothing to score" in (out / "report.md").read_text()
+    # without the source model, it cannot be trained on a video: say so
+    elsewhere = [f"paths.data_dir={root / 'data'}", f"paths.checkpoint_dir={tmp_path / 'none'}", *video]
+    with pytest.raises(FileNotFoundError, match="dataset=video has no source split to train it on"):
+        adapt_run(compose_config("adapt", [*elsewhere, "adapter.levels=1"], tmp_path / "refused"))
+
+
+def test_released_weights_adapt_as_the_source_model(workspace):
+    import torch
+
+    from cemr.models import load_checkpoint
+    from cemr.models.checkpoints import cemr_key_to_spin
+
+    root, _ = workspace
+    trained = load_checkpoint(root / "checkpoints" / "hmr_small_synthetic_seed0.ckpt").model.state_dict()
+    released = root / "basemodel.pt"  # DynaBOA's layout: dict['model'], SPIN key names, 'module.' prefix
+    torch.save({"model": {"module." + cemr_key_to_spin(k): v for k, v in trained.items()}}, released)
+    ours = adapt_run(adapt_cfg(root, "own_levels0", ["adapter.levels=0"]))
+    theirs = adapt_run(
+        adapt_cfg(root, "released_levels0", ["adapter.levels=0", f"backbone.weights={released}"])
+    )
+    for key in ("mpjpe", "pa_mpjpe", "pve"):
+        assert theirs[f"source_{key}"] == ours[f"source_{key}"]  # the very same weights
+    adapted = adapt_run(
+        adapt_cfg(root, "released_levels2", ["adapter.levels=2", f"backbone.weights={released}"])
+    )
+    assert adapted["outer_steps"] == 32
+    with pytest.raises(ValueError, match="has no projection head P"):
+        adapt_run(adapt_cfg(root, "released_levels3", ["adapter.levels=3", f"backbone.weights={released}"]))
 
 
 def test_evaluate_refuses_a_dir_without_predictions(tmp_path):

@@ -24,8 +24,10 @@ from cemr.data.retrieval import PoseIndex, ReplayBank
 from cemr.evaluation.protocol import joints14
 from cemr.evaluation.report import body_vertices, errors_by_row, frame_table, score_dataset, summarize_errors
 from cemr.models import load_checkpoint
+from cemr.models.foreign import foreign_source
 from cemr.prediction import predict_frames
 from cemr.runtime import (
+    STREAM_STATES,
     build_body_models,
     build_datamodule,
     build_trainer,
@@ -67,7 +69,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     body_models = build_body_models(cfg.body)
     scorable = bool(np.any(target.data["has_smpl"] > 0))
     belongs_to = stream_identity(cfg, target.path)
-    for state in sorted(out_dir.glob("adapt_state*.pt")):
+    for state in sorted(out_dir.glob(STREAM_STATES)):
         check_stream_state(state, belongs_to)
 
     # Before adapt(), which changes source.model in place; a DDP rank other than 0 only adapts.
@@ -100,17 +102,33 @@ def run(cfg: DictConfig) -> dict[str, float]:
         write_text_atomic(out_dir / "per_frame.csv", frame_table(target, by_row))
     metrics.update(predictions.get("counters", {}))
     write_metrics(metrics, out_dir)
+    if not cfg.get("keep_stream_state"):  # every rank has finished: gather_predictions is collective
+        for state in out_dir.glob(STREAM_STATES):
+            state.unlink()
     print_summary(cfg, metrics, scorable, out_dir)
     if cfg.get("render"):
         from cemr.viz.run import render_run
 
         print(f"overlay video: {render_run(out_dir, cfg.overlay)}")
+    if uses_wandb(cfg):
+        from cemr.evaluation.run import evaluate_run
+        from cemr.viz.wandb_media import publish_run
+
+        if scorable:
+            evaluate_run(out_dir)  # report.md and plots/, which the dashboard shows too
+        publish_run(metrics, out_dir)
     return metrics
+
+
+def uses_wandb(cfg: DictConfig) -> bool:
+    return (cfg.get("logger") or {}).get("wandb") is not None
 
 
 def load_source(cfg: DictConfig):
     """The source checkpoint. When missing, the config's default one (training.checkpoint not set) is
     trained first, exactly as `python train.py` would; a path the user named must exist."""
+    if cfg.backbone.get("weights"):
+        return foreign_source(cfg.backbone)
     if not Path(cfg.training.checkpoint).is_file():
         check_missing_checkpoint(cfg, "checkpoint")
         return train_source(cfg)
@@ -121,6 +139,8 @@ def checkpoints_needed(cfg: DictConfig) -> list[str]:
     """The training.* checkpoints this run loads: the source model, and the video encoder where
     level 3 aligns with it or where the source model must be trained first."""
     video = Plan.from_config(cfg.adapter).video_align
+    if cfg.backbone.get("weights"):  # released weights are the source model
+        return ["video_encoder_checkpoint"] if video else []
     return ["checkpoint"] + (
         ["video_encoder_checkpoint"] if video or not Path(cfg.training.checkpoint).is_file() else []
     )
@@ -132,7 +152,7 @@ def stream_identity(cfg: DictConfig, target_split: str | Path) -> dict[str, str]
     return {
         "config": config_digest(cfg)[:16],
         "target data": file_identity(target_split),
-        "source model": file_identity(cfg.training.checkpoint),
+        "source model": file_identity(cfg.backbone.get("weights") or cfg.training.checkpoint),
     }
 
 
@@ -172,6 +192,12 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: 
     ad, plan = cfg.adapter, Plan.from_config(cfg.adapter)
     video_encoder = align_head = None
     if plan.video_align:
+        if "align_head" not in source.extra:
+            raise ValueError(
+                f"backbone.weights={cfg.backbone.weights} has no projection head P, which level 3's video "
+                "alignment needs: pass adapter.loss_weights.video_align=0 (DynaBOA has none), or train a "
+                "CEMR source model from these weights first (python train.py backbone.weights=...)"
+            )
         video_encoder = load_video_encoder(cfg)
         align_head = torch.nn.Linear(*source.extra["align_head"]["weight"].shape[::-1])
         align_head.load_state_dict(source.extra["align_head"])
@@ -197,13 +223,18 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: 
         replay_weights=cfg.training.loss_weights,
         seed=cfg.seed,
     )
+    media = []
+    if uses_wandb(cfg):
+        from cemr.viz.wandb_media import WandbStreamOverlay
+
+        media.append(WandbStreamOverlay(body_model, cfg.focal_length, cfg.overlay.wandb_every))
     trainer = build_trainer(
         cfg,
         "adapt",
         max_epochs=1,
         strategy=adaptation_strategy(cfg.trainer.get("strategy"), ad.reset),
         sync_batchnorm=False,
-        callbacks=[StreamCheckpoint(out_dir / "adapt_state.pt", ad.checkpoint_every, belongs_to)],
+        callbacks=[StreamCheckpoint(out_dir / "adapt_state.pt", ad.checkpoint_every, belongs_to)] + media,
         use_distributed_sampler=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,

@@ -66,6 +66,8 @@ def rescore_run(run_dir: str | Path) -> Rescored:
     index = np.asarray(adapted["index"])
     scored = index[np.asarray(target.data["has_smpl"])[index] > 0]
     recorded_path = run_dir / "metrics.json"
+    if not len(scored):  # a user's video: nothing to score
+        return Rescored(cfg, {}, None, np.asarray([]), {})
     return Rescored(
         cfg=cfg,
         adapted=score_dataset(adapted, target, body_models, regressor),
@@ -115,6 +117,8 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
     from rich.console import Console
 
     scores = rescore_run(run_dir)
+    if not scores.adapted:
+        return report_unscored(run_dir)
     adapted = summarize_errors(scores.adapted)
     report = run_report(run_dir.name, scores.sequences, scores.adapted, scores.source, scores.recorded)
     same = matches_recorded(adapted, scores.recorded)
@@ -135,6 +139,22 @@ def evaluate_run(run_dir: Path) -> dict[str, float]:
     console.print(report)
     console.print("written: " + ", ".join(str(p.relative_to(run_dir)) for p in written) + f" in {run_dir}")
     return adapted
+
+
+def report_unscored(run_dir: Path) -> dict[str, float]:
+    """A run on a target without ground truth (dataset=video): what was predicted, nothing scored."""
+    with np.load(run_dir / "predictions.npz", allow_pickle=False) as f:
+        frames, tracks = (
+            len(f["index"]),
+            len({(str(s), int(p)) for s, p in zip(f["seq"], f["person"], strict=True)}),
+        )
+    report = (
+        f"# {run_dir.name}\n\nThe target has no SMPL ground truth: nothing to score. predictions.npz holds "
+        f"{frames} frames of {tracks} track(s); `render=true` draws them over the video.\n"
+    )
+    write_text_atomic(run_dir / "report.md", report)
+    print(report + f"written: report.md in {run_dir}")
+    return {}
 
 
 def evaluate_sweep(run_dir: Path, jobs: list[Path]) -> dict[str, float]:

@@ -29,7 +29,8 @@ LOADERS = {"spin": load_spin_checkpoint, "dynaboa": load_dynaboa_checkpoint, "vi
 
 def model_config(backbone: DictConfig) -> DictConfig:
     """The backbone node less WEIGHT_KEYS: what builds the model and what a CEMR checkpoint stores."""
-    return OmegaConf.masked_copy(backbone, [k for k in backbone if k not in WEIGHT_KEYS])
+    resolved = OmegaConf.to_container(backbone, resolve=True)
+    return OmegaConf.create({k: v for k, v in resolved.items() if k not in WEIGHT_KEYS})
 
 
 def weights_format(backbone: DictConfig) -> str:

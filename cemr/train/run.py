@@ -22,6 +22,7 @@ from cemr.data.clips import ClipDataset
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.models import VideoMAEPretrainer, load_checkpoint, save_checkpoint
 from cemr.models.checkpoints import CEMRCheckpoint, LoadReport
+from cemr.models.foreign import build_backbone, model_config
 from cemr.prediction import predict_frames
 from cemr.runtime import (
     build_body_model,
@@ -59,9 +60,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 # checkpoint still at its default may be built on first use, one the user named must exist.
 OUTPUTS = {"source": "checkpoint", "videomae": "video_encoder_checkpoint"}
 DEFAULT_CHECKPOINTS = {
-    "checkpoint": "${paths.checkpoint_dir}/${backbone.name}_${dataset.name}_seed${seed}.ckpt",
+    "checkpoint": "${paths.checkpoint_dir}/${backbone.name}_${dataset.source_domain}_seed${seed}.ckpt",
     "video_encoder_checkpoint": (
-        "${paths.checkpoint_dir}/videomae_${video_encoder.name}_${dataset.name}_seed${seed}.ckpt"
+        "${paths.checkpoint_dir}/videomae_${video_encoder.name}_${dataset.source_domain}_seed${seed}.ckpt"
     ),
 }
 TRAIN_COMMANDS = {
@@ -120,6 +121,13 @@ def check_missing_checkpoint(cfg: DictConfig, key: str) -> None:
     """Called when the checkpoint training.<key> is missing: a path the user named is an error
     (FileNotFoundError); the config's default one is built now, as the console says."""
     path, command = cfg.training[key], TRAIN_COMMANDS[key]
+    if cfg.dataset.get("source_split") is None:
+        domain = cfg.dataset.get("source_domain", cfg.dataset.name)
+        raise FileNotFoundError(
+            f"checkpoint {path} (training.{key}) not found, and dataset={cfg.dataset.name} has no source "
+            f"split to train it on: train it on its source domain first (`{command} dataset={domain}`, "
+            f"same backbone, body and seed), or name a model with training.{key}=<file>"
+        )
     if not is_default_checkpoint(cfg, key):
         raise FileNotFoundError(
             f"checkpoint {path} (training.{key}) not found; check the path, or train it first with "
@@ -143,7 +151,7 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
     # nor on what ran before in the process (adapt.py builds a missing default checkpoint this way).
     seed_everything(cfg.seed)
     data = build_datamodule(cfg, batch_size=cfg.training.batch_size, augment=spin_augment(cfg.training))
-    model = instantiate(cfg.backbone)
+    model = build_backbone(cfg.backbone)
     module = SourceModule(
         model, build_body_model(cfg.body), cfg.training, cfg.focal_length, cfg.backbone.crop_size
     )
@@ -170,11 +178,11 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
         if smoke:
             print(f"smoke run ({smoke}): source model not saved")
         else:
-            save_checkpoint(path, model, cfg.backbone, extra=extra)
+            save_checkpoint(path, model, model_config(cfg.backbone), extra=extra)
             print(f"source model saved to {path}")
     trainer.strategy.barrier("source checkpoint saved")
     if smoke:
-        config = OmegaConf.to_container(cfg.backbone, resolve=True)
+        config = OmegaConf.to_container(model_config(cfg.backbone), resolve=True)
         return CEMRCheckpoint(model.eval(), config, extra or {}, LoadReport("trained in this smoke run"))
     return load_checkpoint(path)
 

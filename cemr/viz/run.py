@@ -68,7 +68,7 @@ def render_run(run_dir: str | Path, overlay: DictConfig) -> Path:
     for old in out_dir.glob("frame_*.png"):  # an earlier drawing's frames must not mix with these
         old.unlink()
     written = []
-    for i, k in enumerate(tqdm(rows, desc="drawing meshes", unit="frame")):
+    for i, k in enumerate(tqdm(rows, desc="drawing meshes", unit="frame", disable=None)):
         image = np.ascontiguousarray(target.load_image(int(pred["index"][k])))
         panels = [("input", image)]
         for title, prefix, color in models:

@@ -1,8 +1,10 @@
-"""python -m cemr.data.synthetic preview|build [options]
+"""python -m cemr.data.synthetic preview|build|clip [options]
 
   preview --out preview.png [--body-model-dir DIR] [--benchmark-dir DIR] [--seed N] [--detected]
   build   --out DIR [--body-model-dir DIR] [--seed N] [--source-sequences N] [--target-sequences N]
           [--frames-per-sequence N] [--workers N]
+  clip    --out DIR [--benchmark-dir DIR] [--sequence N]: one wild sequence as DIR/clip.mp4 and
+          DIR/openpose/ (BODY_25 JSON), a demo input for `python adapt.py dataset=video`
 
 Without --body-model-dir the procedural body model is used, written once to
 $CEMR_DATA_DIR/cache/body_synthetic (default data/cache/body_synthetic), as configs/body/synthetic.yaml does.
@@ -51,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--target-sequences", type=int)
     build.add_argument("--frames-per-sequence", type=int)
     build.add_argument("--workers", type=int, default=2)
+    clip = commands.add_parser("clip", help="write a wild sequence as an mp4 with OpenPose JSON keypoints")
+    clip.add_argument("--out", required=True)
+    clip.add_argument(
+        "--benchmark-dir",
+        default=str(Path(os.environ.get("CEMR_DATA_DIR", "data")) / "cache" / "synthetic_seed0"),
+        help="a built benchmark (default: the embedded default's, which python adapt.py builds)",
+    )
+    clip.add_argument("--sequence", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -70,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
                 show_detected=args.detected,
             )
         print(f"wrote {path}")
+        return 0
+
+    if args.command == "clip":
+        from cemr.data.synthetic.clip import write_clip
+
+        out = write_clip(args.benchmark_dir, args.out, args.sequence)
+        print(f"wrote {out / 'clip.mp4'} and {out / 'openpose'}/")
         return 0
 
     from cemr.data.synthetic import build_benchmark
