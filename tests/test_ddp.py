@@ -85,3 +85,15 @@ def test_a_stream_that_never_resets_is_refused_under_ddp(trained):
     with pytest.raises(AssertionError, match="cannot be split across devices"):
         cli("adapt.py", root, "refused", "adapter.reset=none", *DDP)
     assert not (root / "refused" / "metrics.json").exists()
+
+
+def test_evaluate_cli_writes_into_the_run_dir_and_nowhere_else(trained, tmp_path):
+    root, _ = trained
+    cli("adapt.py", root, "to_evaluate", "adapter.levels=1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, str(REPO / "evaluate.py"), f"run_dir={root / 'to_evaluate'}"]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(tmp_path.iterdir())  # no outputs/<date>/ in the working dir
+    for name in ("report.md", "results.csv", "evaluate.log", "plots/errors_over_time.png"):
+        assert (root / "to_evaluate" / name).is_file()

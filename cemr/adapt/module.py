@@ -398,6 +398,7 @@ class AdaptationModule(L.LightningModule):
             self._running_pa_mpjpe.append(self._pa_mpjpe_mm(batch, pred))
             running = sum(self._running_pa_mpjpe) / len(self._running_pa_mpjpe)
             self.log("running_pa_mpjpe", running, on_step=True, prog_bar=True, batch_size=1)
+            self.log("frame_pa_mpjpe", self._running_pa_mpjpe[-1], on_step=True, batch_size=1)
 
     @torch.no_grad()
     def _pa_mpjpe_mm(self, batch: dict[str, torch.Tensor], pred: BodyPrediction) -> float:
