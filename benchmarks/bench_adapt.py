@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cemr.adapt.module import AdaptationModule
 from cemr.body import MaxMixturePrior, load_body_model, make_synthetic_body_model
+from cemr.models.foreign import build_backbone
 from cemr.train.module import SourceModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def main() -> None:
         adapter.levels = levels
         adapter.replay.enabled = False
         torch.manual_seed(0)
-        model = instantiate(cfg.backbone)
+        model = build_backbone(cfg.backbone)
         clip_level = levels >= 3
         module = AdaptationModule(
             model,
@@ -127,7 +128,7 @@ def main() -> None:
 
     batch = cfg.training.batch_size
     steps = max(2, args.frames // batch)
-    source = SourceModule(instantiate(cfg.backbone), body, cfg.training, cfg.focal_length, crop)
+    source = SourceModule(build_backbone(cfg.backbone), body, cfg.training, cfg.focal_length, crop)
     loader = DataLoader(RandomFrames(batch * steps, crop), batch_size=batch)
     start = time.perf_counter()
     trainer(args, max_epochs=1).fit(source, loader)

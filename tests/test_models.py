@@ -604,3 +604,20 @@ def test_learn2learn_clones_adapt_and_pass_second_order_gradients(mean_params, n
     (after**2).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items())  # the clone moved, not theta
+
+
+def test_the_video_encoder_takes_clips_of_any_frame_size_at_its_own():
+    from cemr.models import VideoMAEPretrainer
+
+    torch.manual_seed(5)
+    encoder = VideoEncoder(**TINY_VIDEO).eval()
+    clip = torch.randn(2, 3, 4, 32, 32)
+    bigger = clip.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)  # 64 px: every pixel 2 x 2
+    torch.testing.assert_close(encoder.at_own_resolution(bigger), clip)  # halving averages the 2 x 2
+    assert encoder.at_own_resolution(clip) is clip
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(bigger), encoder(clip))
+        decoder = {"decoder_embed_dim": 12, "decoder_depth": 1, "decoder_num_heads": 3}
+        pretrainer = VideoMAEPretrainer.from_encoder(encoder, mask_ratio=0.5, **decoder)
+        mask = pretrainer.make_mask(2, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(pretrainer.loss(bigger, mask), pretrainer.loss(clip, mask))

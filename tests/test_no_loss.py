@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import cemr.adapt.run as adapt_module
@@ -26,6 +25,7 @@ from cemr.data.prepare import main as prepare_main
 from cemr.data.prepare import pid_alive, remove_leftovers, save_npz_atomic, start_or_skip
 from cemr.data.synthetic import build_benchmark
 from cemr.models import save_checkpoint
+from cemr.models.foreign import build_backbone, model_config
 from cemr.runtime import claim_run_dir, prepare_assets, save_config
 from cemr.train.run import (
     DEFAULT_CHECKPOINTS,
@@ -314,9 +314,11 @@ def stand_in_source(tmp_path):
     """A tiny untrained source checkpoint at the default path (adapting it runs in seconds)."""
     cfg = workspace(tmp_path, "prep")
     prepare_assets(cfg)
-    model = instantiate(cfg.backbone)
+    model = build_backbone(cfg.backbone)
     head = torch.nn.Linear(8, 8)
-    save_checkpoint(cfg.training.checkpoint, model, cfg.backbone, extra={"align_head": head.state_dict()})
+    save_checkpoint(
+        cfg.training.checkpoint, model, model_config(cfg.backbone), extra={"align_head": head.state_dict()}
+    )
     return tmp_path
 
 

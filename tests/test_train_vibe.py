@@ -23,7 +23,8 @@ from cemr.prediction import decode, predict_frames
 from cemr.runtime import prepare_assets
 from cemr.train.module import SourceModule
 from cemr.train.run import clip_features, source_dataloader, train_source
-from tests.conftest import compose_config
+from cemr.train.run import run as train_run
+from tests.conftest import TINY, compose_config
 
 CROP, SEQ_LEN = 32, 4
 TINY_TRUNK = {"trunk": "resnet18", "trunk_kwargs": {"channels": [8, 8, 16, 16]}, "crop_size": CROP}
@@ -240,3 +241,27 @@ def test_predict_frames_runs_a_sequence_model_over_windows_of_each_track(data, s
                 images = torch.stack([frames[i]["img"] for i in window])[None]
                 expected.append(model(images).betas[0])
     assert np.allclose(pred["betas"], torch.cat(expected).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["vibe", "vibe_small"])
+def test_train_fast_dev_run_of_vibe_feeds_its_crops_to_the_video_encoder_at_its_own_size(tmp_path, backbone):
+    """VIBE's 224 px crops and the tiny encoder's 112 px clips: the encoder resizes (issue 15's crash)."""
+    cfg = compose_config(
+        "train",
+        [
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.checkpoint_dir={tmp_path / 'checkpoints'}",
+            f"backbone={backbone}",
+            *[o for o in TINY if not o.startswith("training.batch_size")],
+            "trainer.fast_dev_run=true",
+            "training.batch_size=2",
+            "training.videomae.batch_size=2",
+        ],
+        tmp_path / "out",
+    )
+    assert cfg.video_encoder.img_size == 112 and cfg.backbone.crop_size == (
+        224 if backbone == "vibe" else 112
+    )
+    metrics = train_run(cfg)
+    assert np.isfinite(metrics["target_pa_mpjpe"])
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())

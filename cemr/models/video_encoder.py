@@ -171,9 +171,20 @@ class VideoEncoder(nn.Module):
             x = block(x)
         return self.norm(x) if self.norm is not None else x
 
+    def at_own_resolution(self, clip: torch.Tensor) -> torch.Tensor:
+        """clip (B, 3, T, H, W) resized to the encoder's frame size (bilinear; halving averages 2 x 2
+        pixels; frames kept), so one encoder serves backbones of any crop size (112 or 224 px)."""
+        size = self.patch_embed.input_shape[2:]
+        if clip.ndim != 5 or tuple(clip.shape[-2:]) == size:
+            return clip  # the patch embedding reports any other shape problem
+        b, c, t = clip.shape[:3]
+        frames = clip.transpose(1, 2).flatten(0, 1)  # (B T, 3, H, W)
+        frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
+        return frames.unflatten(0, (b, t)).transpose(1, 2)
+
     def forward(self, clip: torch.Tensor) -> torch.Tensor:
-        """clip (B, 3, T, H, W) -> (B, D) mean-pooled embedding."""
-        pooled = self.forward_tokens(clip).mean(dim=1)
+        """clip (B, 3, T, H, W) at any frame size -> (B, D) mean-pooled embedding."""
+        pooled = self.forward_tokens(self.at_own_resolution(clip)).mean(dim=1)
         return self.fc_norm(pooled) if self.fc_norm is not None else pooled
 
 
@@ -290,6 +301,7 @@ class VideoMAEPretrainer(nn.Module):
 
     def loss(self, clip: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error between predicted and target pixels over the masked tokens."""
+        clip = self.encoder.at_own_resolution(clip)
         with torch.no_grad():
             target = tube_targets(
                 clip.float(), self.encoder.patch_size, self.encoder.tubelet_size, self.normalize_target
