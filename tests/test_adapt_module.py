@@ -164,6 +164,7 @@ class Kill(L.Callback):
             raise RuntimeError("killed")
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_equals_an_uninterrupted_run(parts, tmp_path):
     stream = Stream([(0, 0)] * 4 + [(1, 0)] * 3)
     cfg = adapter_cfg(levels=3)

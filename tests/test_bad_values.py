@@ -178,6 +178,7 @@ def synthetic(body_dir, tmp_path_factory):  # noqa: F811
         ("video_prepared", lambda built: built[0], ("detected",)),
     ],
 )
+@pytest.mark.slow
 def test_real_preparer_outputs_pass_the_checks(request, fixture, root_of, modes):
     """Every split the synthetic, 3DPW, Human3.6M and video preparers write loads in every mode it allows."""
     splits = sorted(root_of(request.getfixturevalue(fixture)).glob("*.npz"))
@@ -187,6 +188,7 @@ def test_real_preparer_outputs_pass_the_checks(request, fixture, root_of, modes)
             assert len(PreparedDataset(path, keypoints=mode)) > 0
 
 
+@pytest.mark.slow
 def test_adapt_refuses_a_bad_target_before_it_would_train_the_source_model(compose_cfg):
     from pathlib import Path
 

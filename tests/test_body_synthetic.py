@@ -426,6 +426,7 @@ def test_loads_through_load_body_model_with_49_joints(model_dir, smpl):
 # ----------------------------------------------------------------------------- writing, caching, atomicity
 
 
+@pytest.mark.slow
 def test_rebuild_is_byte_identical_and_overwrite_replaces_damage(model_dir, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)

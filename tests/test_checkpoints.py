@@ -136,6 +136,7 @@ def test_dynaboa_checkpoint_with_module_prefix_and_groupnorm(tmp_path, mean_para
         torch.testing.assert_close(model.extract_features(images), reference(images), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_norm_mismatch_between_file_and_model_is_reported(tmp_path, mean_params):
     write_spin_like(tmp_path / "spin.pt", "batch")
     write_spin_like(tmp_path / "dynaboa.pt", "group")
@@ -248,6 +249,7 @@ def test_vibe_generator_loads_and_skips_the_smpl_buffers(tmp_path, mean_params):
     assert "ignored on purpose: regressor.smpl.v_template" in str(report)
 
 
+@pytest.mark.slow
 def test_spin_then_vibe_give_a_complete_vibe(tmp_path, mean_params):
     """VIBE's own recipe: SPIN's trunk for the features, the generator for GRU and regressor."""
     spin_state, reference = write_spin_like(tmp_path / "spin.pt", "batch")

@@ -62,6 +62,7 @@ def test_invalid_choice_fails_with_hydra_message():
         compose_config("adapt", ["backbone=resnet9000"])
 
 
+@pytest.mark.slow
 def test_cli_prints_the_composed_job_config():
     cmd = [sys.executable, "adapt.py", "--cfg", "job", "dataset=3dpw", "adapter.levels=3", "backbone=vibe"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -70,6 +71,7 @@ def test_cli_prints_the_composed_job_config():
     assert job.dataset.name == "3dpw" and job.adapter.levels == 3 and job.backbone.name == "vibe"
 
 
+@pytest.mark.slow
 def test_cli_rejects_an_invalid_choice():
     cmd = [sys.executable, "adapt.py", "--cfg", "job", "dataset=kinetics"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import REPO, tiny
 
+pytestmark = pytest.mark.slow  # two processes per run: CI runs these, the development loop does not
+
 # progress on: without a terminal it is plain log lines, which the first test reads
 SMALL = [
     o for o in tiny(source_sequences=4, target_sequences=3) if not o.startswith("trainer.enable_progress_bar")

@@ -16,6 +16,8 @@ from cemr.runtime import build_datamodule
 from cemr.train.run import run as train_run
 from tests.conftest import REPO, TINY, compose_config
 
+pytestmark = pytest.mark.slow  # whole train/adapt/evaluate runs: CI runs these, the development loop does not
+
 
 def paths(root):
     return [f"paths.data_dir={root / 'data'}", f"paths.checkpoint_dir={root / 'checkpoints'}"]

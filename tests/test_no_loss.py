@@ -63,6 +63,7 @@ def age(path: Path, seconds: float = 3600) -> None:
 # ------------------------------------------------------------------ train.py and the checkpoints
 
 
+@pytest.mark.slow
 def test_a_smoke_run_writes_no_checkpoint_and_says_so(tmp_path, capsys):
     cfg = workspace(tmp_path, "out", "train", ["trainer.fast_dev_run=true"])
     committed = Path(cfg.training.checkpoint)
@@ -154,6 +155,7 @@ def test_the_default_checkpoint_paths_are_those_of_the_config():
 # ------------------------------------------------------------------------------ data folders
 
 
+@pytest.mark.slow
 def test_prepare_refuses_a_user_folder_that_only_looks_like_a_benchmark(tmp_path):
     mine = tmp_path / "mine"
     (mine / "sub").mkdir(parents=True)
@@ -278,6 +280,7 @@ def test_an_exception_in_the_parent_terminates_the_workers(synthetic_body_dir, t
     assert list(tmp_path.iterdir()) == [pids]  # no build dir left either
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_parallel_build_and_its_workers(synthetic_body_dir, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -374,6 +377,7 @@ def test_a_stream_state_of_another_run_is_not_resumed(tmp_path):
     check_stream_state(state, ours)
 
 
+@pytest.mark.slow
 def test_predictions_are_saved_before_scoring_and_a_changed_target_is_not_resumed(
     stand_in_source, monkeypatch
 ):
@@ -399,6 +403,7 @@ def test_predictions_are_saved_before_scoring_and_a_changed_target_is_not_resume
         adapt_run(cfg)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_reported_with_the_path_and_leaves_no_partial_file(stand_in_source, monkeypatch):
     root = stand_in_source
     leftover = root / "run" / f".predictions.tmp{_reaped_pid()}.npz"  # of an earlier killed run

@@ -84,6 +84,7 @@ BAD_REGRESSORS = {  # name -> (J_regressor, words of the expected message)
 }
 
 
+@pytest.mark.slow
 def test_corrupt_sparse_regressor_is_refused_not_a_crash(tmp_path):
     """Each bad J_regressor in a SMPL model file is read by read_smpl_file in a child process:
     without the checks scipy reads out of bounds (a segfault for the far indices). The child's

@@ -473,6 +473,7 @@ def test_source_cameras_are_a_fixed_rig_and_target_cameras_move(built):
 # ----------------------------------------------------------------------------- determinism and cache
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(built, body_dir, tmp_path):
     again = build_benchmark(tmp_path / "again", body_dir, seed=0, **SMALL)
     assert file_bytes(again) == file_bytes(built)
@@ -500,6 +501,7 @@ def test_worker_processes_give_the_same_bytes(built, body_dir, tmp_path):
     assert build_module.tree_sha256(parallel) != content
 
 
+@pytest.mark.slow
 def test_a_build_links_the_source_splits_of_a_finished_sibling(built, body_dir, tmp_path):
     first = build_benchmark(tmp_path / "builds" / "seed0", body_dir, seed=0, **SMALL)
     second = build_benchmark(tmp_path / "builds" / "seed1", body_dir, seed=1, **SMALL)
@@ -526,6 +528,7 @@ def test_families_are_chosen_by_config_and_checked(body_dir, tmp_path):
         build_benchmark(tmp_path / "bad", body_dir, **{**SMALL, "target_families": ("moonwalk",)})
 
 
+@pytest.mark.slow
 def test_cache_reuses_and_rebuilds_on_changed_config(body_dir, tmp_path):
     out = build_benchmark(tmp_path / "bench", body_dir, **SMALL)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}

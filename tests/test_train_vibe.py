@@ -161,6 +161,7 @@ def test_clip_features_are_per_frame_trunk_features_for_both_kinds(synthetic_bod
         torch.testing.assert_close(features, torch.stack(per_frame, dim=1), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_train_source_trains_and_saves_a_tiny_vibe(tmp_path, capsys):
     prepare = [f"dataset.prepare.{k}={v}" for k, v in TINY_BENCHMARK.items()]
     cfg = compose_config(
@@ -243,6 +244,7 @@ def test_predict_frames_runs_a_sequence_model_over_windows_of_each_track(data, s
     assert np.allclose(pred["betas"], torch.cat(expected).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["vibe", "vibe_small"])
 def test_train_fast_dev_run_of_vibe_feeds_its_crops_to_the_video_encoder_at_its_own_size(tmp_path, backbone):
     """VIBE's 224 px crops and the tiny encoder's 112 px clips: the encoder resizes (issue 15's crash)."""
