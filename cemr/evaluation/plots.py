@@ -25,7 +25,7 @@ LABELS = {
 
 
 def _series(adapted: dict[str, np.ndarray], source: dict[str, np.ndarray] | None, metric: str):
-    return ([(SOURCE, source[metric])] if source is not None else []) + [(ADAPTED, adapted[metric])]
+    return [(label, errors[metric]) for label, errors in _named(adapted, source)]
 
 
 def errors_over_time(sequences, adapted, source, metric: str = "pa_mpjpe") -> Figure:

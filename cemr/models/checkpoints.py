@@ -366,6 +366,14 @@ def config_problem(config: Any) -> tuple[str, str] | None:
     return (unknown[0], f"is not a parameter of {MODEL_CLASSES[target].__name__}") if unknown else None
 
 
+def build_model(config: Mapping[str, Any]) -> nn.Module:
+    """The model a config node describes; `_target_` may only name one of the project's MODEL_CLASSES."""
+    target = config.get("_target_")
+    if target not in MODEL_CLASSES:
+        raise ValueError(f"model config '_target_' {target!r} is not one of {sorted(set(MODEL_CLASSES))}")
+    return MODEL_CLASSES[target](**{k: v for k, v in config.items() if k not in _BUILD_KEYS})
+
+
 @dataclass
 class CEMRCheckpoint:
     model: nn.Module
@@ -444,11 +452,10 @@ def load_checkpoint(path: PathLike, strict: bool = True, **overrides: Any) -> CE
     # the weights come from the file: building must never download ImageNet ones
     pretrained = {"pretrained": False} if "pretrained" in checkpoint["config"] else {}
     config = {**checkpoint["config"], **pretrained, **overrides}
-    model_class = MODEL_CLASSES[config["_target_"]]
     try:
-        model = model_class(**{k: v for k, v in config.items() if k not in _BUILD_KEYS})
+        model = build_model(config)
     except Exception as error:
-        error.add_note(f"while building the {model_class.__name__} of checkpoint {path}")
+        error.add_note(f"while building the model of checkpoint {path}")
         raise
     state_dict = _state_dict_from(checkpoint, path, ("state_dict",), "CEMR checkpoint")
     report = load_state_dict_into(model, state_dict, str(path), strict=strict)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -18,6 +17,7 @@ from cemr.models.checkpoints import (
     CEMRCheckpoint,
     CheckpointError,
     LoadReport,
+    build_model,
     load_dynaboa_checkpoint,
     load_spin_checkpoint,
     load_vibe_checkpoint,
@@ -46,7 +46,7 @@ def weights_format(backbone: DictConfig) -> str:
 
 def build_backbone(backbone: DictConfig) -> nn.Module:
     """The configured model, with `backbone.weights` loaded into it when set (report printed)."""
-    model = instantiate(model_config(backbone))
+    model = build_model(OmegaConf.to_container(model_config(backbone)))
     if backbone.get("weights"):
         print(load_foreign_weights(model, backbone))
     return model
