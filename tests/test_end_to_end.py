@@ -211,6 +211,7 @@ def test_wandb_gets_the_config_final_metrics_plots_and_overlays_offline(workspac
     assert seen["name"] == "adapt"  # outside a Hydra app there are no command-line overrides to name it by
     media = seen["dir"] / "media" / "images"
     assert len(list((media / "stream").glob("overlay_*.png"))) == 4  # 32 frames, every 8th
+    assert len(list((media / "stream").glob("errors_over_time_*.png"))) == 4
     assert {p.name.split("_")[0] for p in (media / "plots").glob("*.png")} >= {"errors", "error", "per"}
     assert wandb.run is None  # closed: a sweep's next job opens its own
 

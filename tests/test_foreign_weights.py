@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from cemr.models import CheckpointError
 from cemr.models.checkpoints import cemr_key_to_spin
-from cemr.models.foreign import build_backbone, model_config, weights_format
+from cemr.models.foreign import build_backbone, build_video_encoder, model_config, weights_format
 from tests.conftest import compose_config
 
 
@@ -57,3 +57,39 @@ def test_a_file_that_does_not_fit_is_refused_with_what_did_not_fit(backbone, tmp
         build_backbone(OmegaConf.merge(backbone, {"weights": str(tmp_path / "other.pt")}))
     with pytest.raises(FileNotFoundError, match="backbone.weights: .*absent.pt not found"):
         build_backbone(OmegaConf.merge(backbone, {"weights": str(tmp_path / "absent.pt")}))
+
+
+def test_released_videomae_weights_are_the_video_encoder_and_need_no_pretraining(tmp_path):
+    from cemr.adapt.run import checkpoints_needed
+    from cemr.train.run import ensure_video_encoder
+
+    cfg = compose_config("adapt", ["adapter.levels=3"])
+    torch.manual_seed(5)
+    released = build_video_encoder(cfg.video_encoder)
+    for p in released.parameters():
+        p.data.normal_()
+    state = {f"encoder.{k}": v for k, v in released.state_dict().items()}  # VideoMAE pretraining layout
+    torch.save({"model": state, "epoch": 799}, tmp_path / "checkpoint-799.pth")
+    cfg.video_encoder.weights = str(tmp_path / "checkpoint-799.pth")
+    cfg.training.video_encoder_checkpoint = str(tmp_path / "absent.ckpt")  # would be pretrained if needed
+    encoder = ensure_video_encoder(cfg)
+    expected = released.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in encoder.state_dict().items())
+    assert "video_encoder_checkpoint" not in checkpoints_needed(cfg)
+    assert "weights" not in model_config(cfg.video_encoder)  # what a checkpoint stores
+
+
+def test_a_videomae_file_that_does_not_fit_or_a_p_of_another_encoder_is_refused(tmp_path):
+    from cemr.adapt.run import projection_head
+
+    node = compose_config("adapt", []).video_encoder
+    wider = build_video_encoder(OmegaConf.merge(node, {"embed_dim": 96, "num_heads": 2}))
+    torch.save({"model": wider.state_dict()}, tmp_path / "wider.pth")
+    with pytest.raises(CheckpointError, match=r"does not fit video_encoder=tiny:\n.*mis-shaped"):
+        build_video_encoder(OmegaConf.merge(node, {"weights": str(tmp_path / "wider.pth")}))
+    with pytest.raises(FileNotFoundError, match="video_encoder.weights: .*absent.pth not found"):
+        build_video_encoder(OmegaConf.merge(node, {"weights": str(tmp_path / "absent.pth")}))
+    head = torch.nn.Linear(256, 192)
+    assert projection_head(head.state_dict(), build_video_encoder(node), "tiny").out_features == 192
+    with pytest.raises(ValueError, match="P maps to 192-d video features, but video_encoder=small gives 96"):
+        projection_head(head.state_dict(), wider, "small")

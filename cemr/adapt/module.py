@@ -84,7 +84,8 @@ class AdaptationModule(L.LightningModule):
         self.counters = {"outer_steps": 0, "extra_steps": 0, "clip_steps": 0, "skipped_steps": 0}
         self.records: list[dict[str, torch.Tensor]] = []
         self._pending_optimizer_states: list[dict] | None = None
-        self._running_pa_mpjpe: list[float] = []
+        self.frame_pa_mpjpe: list[float] = []  # each scored frame's, in stream order
+        self._pa_mpjpe_sum = 0.0
 
     # ------------------------------------------------------------------ plumbing
 
@@ -395,10 +396,11 @@ class AdaptationModule(L.LightningModule):
             }
         )
         if bool(batch["has_smpl"].all()):
-            self._running_pa_mpjpe.append(self._pa_mpjpe_mm(batch, pred))
-            running = sum(self._running_pa_mpjpe) / len(self._running_pa_mpjpe)
+            self.frame_pa_mpjpe.append(self._pa_mpjpe_mm(batch, pred))
+            self._pa_mpjpe_sum += self.frame_pa_mpjpe[-1]
+            running = self._pa_mpjpe_sum / len(self.frame_pa_mpjpe)
             self.log("running_pa_mpjpe", running, on_step=True, prog_bar=True, batch_size=1)
-            self.log("frame_pa_mpjpe", self._running_pa_mpjpe[-1], on_step=True, batch_size=1)
+            self.log("frame_pa_mpjpe", self.frame_pa_mpjpe[-1], on_step=True, batch_size=1)
 
     @torch.no_grad()
     def _pa_mpjpe_mm(self, batch: dict[str, torch.Tensor], pred: BodyPrediction) -> float:

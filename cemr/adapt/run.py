@@ -139,10 +139,13 @@ def checkpoints_needed(cfg: DictConfig) -> list[str]:
     """The training.* checkpoints this run loads: the source model, and the video encoder where
     level 3 aligns with it or where the source model must be trained first."""
     video = Plan.from_config(cfg.adapter).video_align
+    own_encoder = not cfg.video_encoder.get("weights")  # else released weights are the encoder
     if cfg.backbone.get("weights"):  # released weights are the source model
-        return ["video_encoder_checkpoint"] if video else []
+        return ["video_encoder_checkpoint"] if video and own_encoder else []
     return ["checkpoint"] + (
-        ["video_encoder_checkpoint"] if video or not Path(cfg.training.checkpoint).is_file() else []
+        ["video_encoder_checkpoint"]
+        if own_encoder and (video or not Path(cfg.training.checkpoint).is_file())
+        else []
     )
 
 
@@ -183,6 +186,20 @@ def check_adaptable(cfg: DictConfig, model: torch.nn.Module) -> None:
         )
 
 
+def projection_head(state: dict, video_encoder: torch.nn.Module, encoder_name: str) -> torch.nn.Linear:
+    """The source model's P from its checkpoint, refused when it maps to another encoder's features."""
+    head = torch.nn.Linear(*state["weight"].shape[::-1])
+    head.load_state_dict(state)
+    if head.out_features != video_encoder.embed_dim:
+        raise ValueError(
+            f"the source model's projection head P maps to {head.out_features}-d video features, but "
+            f"video_encoder={encoder_name} gives {video_encoder.embed_dim}-d ones: P is fitted against one "
+            "encoder; train a source model with this encoder (python train.py video_encoder=... "
+            "training.checkpoint=<new file>) and adapt that one"
+        )
+    return head
+
+
 def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: dict | None = None) -> dict:
     """Stream the target through the AdaptationModule; returns predictions {index, pose, betas, counters}.
 
@@ -199,8 +216,7 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: 
                 "CEMR source model from these weights first (python train.py backbone.weights=...)"
             )
         video_encoder = load_video_encoder(cfg)
-        align_head = torch.nn.Linear(*source.extra["align_head"]["weight"].shape[::-1])
-        align_head.load_state_dict(source.extra["align_head"])
+        align_head = projection_head(source.extra["align_head"], video_encoder, cfg.video_encoder.name)
     replay = None
     if plan.replay == "pose":
         replay = (PoseIndex.build(data.source.keypoints_px), data.source)  # pixels: normalised away

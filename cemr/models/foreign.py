@@ -4,6 +4,10 @@
 `vibe_model_*.pth.tar` (FORMATS.md 6); `backbone.weights_format` says which (`auto`: VIBE for a VIBE
 backbone, else DynaBOA for GroupNorm and SPIN for BatchNorm, the norms those files were trained with).
 train.py starts training from them; adapt.py adapts them as the source model.
+
+`video_encoder.weights=<file>` names a released VideoMAE checkpoint (original pretraining or fine-tuned
+layout, or HF transformers; FORMATS.md 10): the level-3 video encoder is then that file, used as it is
+instead of pretraining one (train.py fits the source model's P against it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from cemr.models.checkpoints import (
     load_dynaboa_checkpoint,
     load_spin_checkpoint,
     load_vibe_checkpoint,
+    load_videomae_checkpoint,
 )
 
 WEIGHT_KEYS = ("weights", "weights_format")  # backbone keys that are not the model class's parameters
@@ -64,6 +69,24 @@ def load_foreign_weights(model: nn.Module, backbone: DictConfig) -> LoadReport:
             f"backbone.weights={path} (format {layout}) does not fit backbone={backbone.name}:\n{report}"
         )
     return report
+
+
+def build_video_encoder(video_encoder: DictConfig) -> nn.Module:
+    """The configured video encoder, with the released `video_encoder.weights` loaded when set;
+    refuses a file that leaves encoder weights missing or mis-shaped."""
+    encoder = build_model(OmegaConf.to_container(model_config(video_encoder)))
+    if not video_encoder.get("weights"):
+        return encoder
+    path = Path(video_encoder.weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"video_encoder.weights: {path} not found")
+    report = load_videomae_checkpoint(path, encoder)
+    if report.mismatched or report.missing or not report.loaded:
+        raise CheckpointError(
+            f"video_encoder.weights={path} does not fit video_encoder={video_encoder.name}:\n{report}"
+        )
+    print(report)
+    return encoder
 
 
 def foreign_source(backbone: DictConfig) -> CEMRCheckpoint:

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -22,7 +21,7 @@ from cemr.data.clips import ClipDataset
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.models import VideoMAEPretrainer, load_checkpoint, save_checkpoint
 from cemr.models.checkpoints import CEMRCheckpoint, LoadReport
-from cemr.models.foreign import build_backbone, model_config
+from cemr.models.foreign import build_backbone, build_video_encoder, model_config
 from cemr.prediction import predict_frames
 from cemr.runtime import (
     build_body_model,
@@ -249,7 +248,10 @@ def clip_features(model: torch.nn.Module, clips: torch.Tensor) -> torch.Tensor:
 def ensure_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
     """Make sure the level-3 video encoder exists: when its checkpoint is missing (and is the config's
     default, see `check_missing_checkpoint`), pretrain it first (task=videomae). Returns the encoder
-    a smoke run trained (it saves nothing), else None: load it with `load_video_encoder`."""
+    a smoke run trained (it saves nothing) or the released one of `video_encoder.weights`, else None:
+    load it with `load_video_encoder`."""
+    if cfg.video_encoder.get("weights"):
+        return build_video_encoder(cfg.video_encoder)
     if Path(cfg.training.video_encoder_checkpoint).is_file():
         return None
     check_missing_checkpoint(cfg, "video_encoder_checkpoint")
@@ -270,7 +272,7 @@ def train_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
     training.video_encoder_checkpoint; a smoke run saves nothing and returns the encoder instead."""
     vm = cfg.training.videomae
     seed_everything(cfg.seed)  # the same encoder whether train.py, task=videomae or adapt.py builds it
-    encoder = instantiate(cfg.video_encoder)
+    encoder = build_video_encoder(cfg.video_encoder)  # from released weights when named
     clips = ClipDataset(
         build_datamodule(cfg).source, cfg.video_encoder.num_frames, stride=cfg.video_encoder.num_frames // 2
     )
@@ -292,7 +294,7 @@ def train_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
         return encoder
     path = Path(cfg.training.video_encoder_checkpoint)
     if trainer.is_global_zero:
-        save_checkpoint(path, encoder, cfg.video_encoder)
+        save_checkpoint(path, encoder, model_config(cfg.video_encoder))
         print(f"video encoder saved to {path}")
     trainer.strategy.barrier("video encoder saved")
     return None

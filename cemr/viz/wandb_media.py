@@ -36,7 +36,8 @@ def crop_overlay(
 
 
 class WandbStreamOverlay(L.Callback):
-    """Every `every` frames of the stream, the emitted mesh over the frame's crop as `stream/overlay`."""
+    """Every `every` frames of the stream, the emitted mesh over the frame's crop as `stream/overlay`
+    and, on scored targets, the per-frame PA-MPJPE so far as `stream/errors_over_time`."""
 
     def __init__(self, body_model, focal_length: float, every: int):
         self.body_model, self.focal_length, self.every = body_model, focal_length, every
@@ -60,7 +61,23 @@ class WandbStreamOverlay(L.Callback):
             record["cam"][0].numpy(),
             self.focal_length,
         )
-        run.log({"stream/overlay": wandb.Image(image, caption=f"frame {pl_module.frames_done}")})
+        media = {"stream/overlay": wandb.Image(image, caption=f"frame {pl_module.frames_done}")}
+        if pl_module.frame_pa_mpjpe:
+            media["stream/errors_over_time"] = errors_so_far(pl_module.frame_pa_mpjpe)
+        run.log(media)
+
+
+def errors_so_far(frame_pa_mpjpe: list[float]):
+    """The adapted model's per-frame PA-MPJPE up to now as a wandb image (the figure is closed)."""
+    import matplotlib.pyplot as plt
+    import wandb
+
+    from cemr.evaluation.plots import errors_over_time
+
+    fig = errors_over_time([], {"pa_mpjpe": np.asarray(frame_pa_mpjpe)}, None)
+    image = wandb.Image(fig)
+    plt.close(fig)
+    return image
 
 
 def publish_run(metrics: dict[str, float], run_dir: Path) -> None:
