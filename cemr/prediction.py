@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from cemr.geometry import perspective_projection, rotmat_to_axis_angle, weak_perspective_to_translation
+from cemr.models.vibe import causal_windows
 
 
 @dataclass
@@ -59,39 +60,43 @@ def predict_frames(
 ) -> dict:
     """The model's (no adaptation) SMPL parameters for every row of a dataset, in row order.
 
-    A sequence model (one declaring `seq_len`) sees each track in consecutive windows of seq_len
-    frames (the last one shorter), one window per forward; a single-frame model sees batches of rows.
+    A single-frame model sees batches of rows. A sequence model (one declaring `seq_len`) predicts
+    each frame from the causal window of its track's last seq_len frames (`causal_windows`), as the
+    adaptation stream does: trunk features once per frame, then one window per frame.
     Returns numpy arrays: index (N,), pose (N, 72) axis-angle, betas (N, 10), cam (N, 3) weak-perspective
     crop camera, and with `features` the pooled trunk feature (N, C).
     """
-    device = next(model.parameters()).device
-    seq_len = getattr(model, "seq_len", None)
-    if seq_len is None:
-        batches = DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    else:
-        windows = [
-            range(start, min(start + seq_len, track.stop))
-            for track in frames.sequences()
-            for start in range(track.start, track.stop, seq_len)
-        ]
-        batches = (default_collate([frames[i] for i in window]) for window in windows)
     was_training = model.training
     model.eval()
-    poses, betas, cams, feats = [], [], [], []
-    for batch in batches:
-        images = batch["img"].to(device)
-        out = model(images if seq_len is None else images[None])  # (1, T, 3, S, S) for a sequence model
-        poses.append(rotmat_to_axis_angle(out.rotmat.float()).reshape(-1, 72).cpu())
-        betas.append(out.betas.float().reshape(-1, out.betas.shape[-1]).cpu())
-        cams.append(out.cam.float().reshape(-1, 3).cpu())
-        feats.append(out.feature.float().reshape(-1, out.feature.shape[-1]).cpu())
+    if getattr(model, "seq_len", None) is None:
+        loader = DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        outputs = [model(batch["img"].to(_device(model))) for batch in loader]
+    else:
+        outputs = [
+            output
+            for track in frames.sequences()
+            for output in _causal_track(model, frames, track, batch_size, num_workers)
+        ]
     model.train(was_training)
     result = {
         "index": torch.arange(len(frames)).numpy(),
-        "pose": torch.cat(poses).numpy(),
-        "betas": torch.cat(betas).numpy(),
-        "cam": torch.cat(cams).numpy(),
+        "pose": torch.cat([rotmat_to_axis_angle(o.rotmat.float()).reshape(-1, 72) for o in outputs]),
+        "betas": torch.cat([o.betas.float() for o in outputs]),
+        "cam": torch.cat([o.cam.float() for o in outputs]),
     }
     if features:
-        result["feature"] = torch.cat(feats).numpy()
-    return result
+        result["feature"] = torch.cat([o.feature.float() for o in outputs])
+    return {k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in result.items()}
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _causal_track(model, frames, track, batch_size: int, num_workers: int):
+    """A sequence model's outputs (B, ...) for the rows of one track, each from its causal window."""
+    rows = torch.utils.data.Subset(frames, range(track.start, track.stop))
+    loader = DataLoader(rows, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    feats = torch.cat([model.extract_features(b["img"].to(_device(model))[:, None])[:, 0] for b in loader])
+    windows = causal_windows(feats, model.seq_len)
+    return [model.forward_windows(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]

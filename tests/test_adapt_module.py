@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from cemr.adapt.module import AdaptationModule
 from cemr.adapt.parallel import PaddedStream, gather_predictions
 from cemr.adapt.resume import StreamCheckpoint, remaining_stream
-from cemr.models import HMR
+from cemr.models import HMR, VIBE
 from tests.conftest import compose_config
 
 CROP = 32
@@ -228,3 +228,80 @@ def test_each_ddp_rank_keeps_its_own_stream_checkpoint(tmp_path):
     assert callback.rank_path(one) == tmp_path / "adapt_state.pt"
     paths = {callback.rank_path(SimpleNamespace(world_size=4, global_rank=r)) for r in range(4)}
     assert paths == {tmp_path / f"adapt_state.rank{r}of4.pt" for r in range(4)}
+
+
+SEQ_LEN = 4
+
+
+def make_vibe_module(parts, cfg, seed=0):
+    body, prior, mean_params = parts
+    torch.manual_seed(seed)
+    model = VIBE(
+        mean_params,
+        trunk="resnet18",
+        trunk_kwargs={"channels": [8, 8, 16, 16]},
+        norm="group",
+        crop_size=CROP,
+        seq_len=SEQ_LEN,
+        n_layers=1,
+        hidden_size=16,
+    )
+    return AdaptationModule(model, body, prior, cfg, focal_length=5000.0, crop_size=CROP, seed=seed)
+
+
+def test_a_sequence_model_predicts_each_frame_from_its_causal_window_in_the_stream(parts):
+    """With an inner lr of 0 the clone is the source model: each frame's prediction must be the model
+    run on frames t-3..t of its track (the track's first frame before its start)."""
+    cfg = adapter_cfg(levels=1)
+    cfg.inner.lr = 0.0
+    tracks = [(0, 0)] * 6 + [(1, 0)] * 3
+    stream = Stream(tracks)
+    module = make_vibe_module(parts, cfg)
+    model = make_vibe_module(parts, cfg).model.eval()
+    predicted = stream_through(module, stream).predictions()["betas"]
+    starts = {0: 0, 1: 6}
+    with torch.no_grad():
+        for t, (seq, _) in enumerate(tracks):
+            window = [max(starts[seq], i) for i in range(t - SEQ_LEN + 1, t + 1)]
+            expected = model(stream.img[window][None]).betas[0, -1]
+            assert torch.allclose(predicted[t], expected, atol=1e-5), t
+
+
+@pytest.mark.parametrize("levels", [1, pytest.param(2, marks=pytest.mark.slow), 3])
+def test_a_sequence_models_prediction_never_depends_on_later_frames(parts, levels):
+    tracks = [(0, 0)] * 8
+    stream, changed = Stream(tracks), Stream(tracks, seed=1)
+    changed.img[:5], changed.kp[:5] = stream.img[:5], stream.kp[:5]  # frames 5-7 differ
+    cfg = adapter_cfg(levels=levels)
+    first = stream_through(make_vibe_module(parts, cfg), stream).predictions()
+    second = stream_through(make_vibe_module(parts, cfg), changed).predictions()
+    for key in ("pose", "betas", "cam"):
+        assert torch.equal(first[key][:5], second[key][:5]), key
+        assert not torch.equal(first[key][5:], second[key][5:]), key
+
+
+@pytest.mark.slow
+def test_levels_two_and_three_adapt_the_trunk_gru_and_regressor_of_a_sequence_model(parts):
+    module = make_vibe_module(parts, adapter_cfg(levels=3))
+    before = weights(module)
+    stream_through(module, Stream([(0, 0)] * 8))
+    after = weights(module)
+    for key in ("trunk.conv1.weight", "encoder.gru.weight_hh_l0", "regressor.decpose.weight"):
+        assert not torch.equal(before[key], after[key]), key
+    assert module.counters["clip_steps"] == 2 and module.counters["skipped_steps"] == 0
+
+
+@pytest.mark.slow
+def test_a_sequence_models_stream_resumes_after_a_kill_as_if_uninterrupted(parts, tmp_path):
+    stream = Stream([(0, 0)] * 6 + [(1, 0)] * 3)
+    cfg = adapter_cfg(levels=3)
+    full = stream_through(make_vibe_module(parts, cfg), stream).predictions()
+    state = tmp_path / "adapt_state.pt"
+    with pytest.raises(RuntimeError, match="killed"):
+        stream_through(make_vibe_module(parts, cfg), stream, callbacks=[StreamCheckpoint(state, 5), Kill(6)])
+    resumed = make_vibe_module(parts, cfg)
+    done = resumed.load_resume_state(state)
+    assert done == 5  # mid-track: the cached features of frames 2-4 must come back with it
+    stream_through(resumed, stream, loader=remaining_stream(DataLoader(stream, batch_size=1), done))
+    for key, value in full.items():
+        assert torch.equal(value, resumed.predictions()[key]), key

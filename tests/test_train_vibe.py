@@ -9,16 +9,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
 from torch.utils.data import default_collate
 
 from cemr.adapt.levels import labelled_objective
-from cemr.adapt.run import check_adaptable
 from cemr.body import load_body_model
 from cemr.data.clips import CLIP_LABELS, ClipDataset
 from cemr.data.datamodule import CEMRDataModule
 from cemr.data.synthetic import build_benchmark
 from cemr.models import HMR, VIBE, load_checkpoint
+from cemr.models.vibe import causal_windows
 from cemr.prediction import decode, predict_frames
 from cemr.runtime import prepare_assets
 from cemr.train.module import SourceModule
@@ -215,33 +214,25 @@ def test_train_source_trains_and_saves_a_tiny_vibe(tmp_path, capsys):
     assert re.search(r"epoch   1: source_test PA-MPJPE +[\d.]+ MPJPE +[\d.]+  target PA-MPJPE", out), out
 
 
-def test_adapting_a_sequence_model_is_refused_but_scoring_it_is_not(tmp_path, synthetic_body_dir):
-    cfg = compose_config("adapt", [f"paths.data_dir={tmp_path / 'data'}", "backbone=vibe"], tmp_path / "out")
-    source = SimpleNamespace(model=tiny_vibe(synthetic_body_dir / "smpl_mean_params.npz"))
-    with pytest.raises(
-        NotImplementedError,
-        match=r"VIBE adaptation is not supported yet; .* backbone 'vibe' is a sequence model \(seq_len=4\)",
-    ):
-        check_adaptable(cfg, source.model)
-    with open_dict(cfg):
-        cfg.adapter.levels = 0
-    check_adaptable(cfg, source.model)  # scoring the source model alone is fine
-    assert not (tmp_path / "out").exists()
-
-
-def test_predict_frames_runs_a_sequence_model_over_windows_of_each_track(data, synthetic_body_dir):
-    frames = data.source  # 2 tracks of 6 rows: windows of 4 then 2 per track
+def test_predict_frames_runs_a_sequence_model_over_the_causal_window_of_each_frame(data, synthetic_body_dir):
+    frames = data.source  # 2 tracks of 6 rows, SEQ_LEN 4
     model = tiny_vibe(synthetic_body_dir / "smpl_mean_params.npz").eval()
-    pred = predict_frames(model, frames, features=True)
+    pred = predict_frames(model, frames, batch_size=4, features=True)
     assert pred["pose"].shape == (12, 72) and pred["feature"].shape[0] == 12
     expected = []
     with torch.no_grad():
         for track in frames.sequences():
-            for start in range(track.start, track.stop, SEQ_LEN):
-                window = range(start, min(start + SEQ_LEN, track.stop))
+            for t in range(track.start, track.stop):  # frames t-3 .. t, the track's first frame standing in before its start
+                window = [max(track.start, i) for i in range(t - SEQ_LEN + 1, t + 1)]
                 images = torch.stack([frames[i]["img"] for i in window])[None]
-                expected.append(model(images).betas[0])
-    assert np.allclose(pred["betas"], torch.cat(expected).numpy(), atol=1e-6)
+                expected.append(model(images).betas[0, -1])
+    assert np.allclose(pred["betas"], torch.stack(expected).numpy(), atol=1e-6)
+
+
+def test_causal_windows_end_at_each_frame_and_repeat_the_first_before_the_start():
+    features = torch.arange(5.0)[:, None]  # frame i's feature is i
+    windows = causal_windows(features, 3)[..., 0]
+    assert windows.tolist() == [[0, 0, 0], [0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4]]
 
 
 @pytest.mark.slow

@@ -11,6 +11,11 @@ Per frame t (batch of one frame of one track); what runs is decided once by `Pla
 Then the prediction for frame t is recorded: the clone's at level 1 (which never changes the base
 weights); at levels 2-3 the updated base model's (`emit: updated`, DynaBOA), the clone's that the
 outer step scored (`emit: clone`, one forward less), or the EMA teacher's after the update (`emit: teacher`).
+
+A sequence model (VIBE: `seq_len`) adapts the same way, all its weights (trunk, GRU, regressor): each
+frame is predicted from its causal window (models/vibe.py), whose earlier frames are the trunk
+features cached when they were emitted (history entries' `feature`); only the frame itself takes a
+trunk pass, under gradient. Frame t-k and the clip's frames use the windows they had when they came.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from cemr.adapt.teacher import ema_update, make_teacher
 from cemr.evaluation.metrics import pa_mpjpe
 from cemr.evaluation.protocol import joints14
 from cemr.geometry import rotmat_to_axis_angle
+from cemr.models.vibe import causal_windows
 from cemr.prediction import BodyPrediction, decode
 
 
@@ -77,7 +83,8 @@ class AdaptationModule(L.LightningModule):
         self.source_state = copy.deepcopy(model.state_dict())
         self.seed = seed
         self.replay_generator = torch.Generator().manual_seed(seed)
-        history = max(adapter.motion.interval + 1, adapter.clip.length)
+        self.seq_len = getattr(model, "seq_len", None)  # a sequence model's causal window
+        history = max(adapter.motion.interval + 1, adapter.clip.length, (self.seq_len or 1) - 1)
         self.history: deque[dict[str, torch.Tensor]] = deque(maxlen=history)
         self.track: tuple[int, int] | None = None
         self.frames_in_track = 0
@@ -108,8 +115,29 @@ class AdaptationModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.eval()
 
-    def predict_body(self, net: nn.Module, images: torch.Tensor) -> BodyPrediction:
-        return decode(net(images), self.body_model, self.focal_length, self.crop_size)
+    def predict_body(
+        self, net: nn.Module, images: torch.Tensor, pasts: list[torch.Tensor | None] | None = None
+    ) -> BodyPrediction:
+        """The bodies `net` predicts for images (B, 3, S, S). A sequence model predicts each row from its
+        causal window: `pasts[i]` holds the cached features (k, C), k < seq_len, of the frames before
+        row i in its track; rows past the list's end or None have no past (replayed source samples)."""
+        if self.seq_len is None:
+            return decode(net(images), self.body_model, self.focal_length, self.crop_size)
+        current = net.extract_features(images[:, None])[:, 0]
+        pasts = list(pasts or []) + [None] * (len(current) - len(pasts or []))
+        windows = [
+            causal_windows(now if past is None else torch.cat([past.to(now), now]), self.seq_len)[-1]
+            for now, past in zip(current.split(1), pasts, strict=True)
+        ]
+        output = net.forward_windows(torch.stack(windows))
+        return decode(output, self.body_model, self.focal_length, self.crop_size)
+
+    def _past(self) -> torch.Tensor | None:
+        """Cached trunk features (k, C) of this track's last k < seq_len frames; None for a
+        single-frame model or at a track's start."""
+        if self.seq_len is None or self.seq_len < 2 or not self.history:
+            return None
+        return torch.cat([f["feature"] for f in list(self.history)[1 - self.seq_len :]])
 
     @property
     def frames_done(self) -> int:
@@ -176,7 +204,7 @@ class AdaptationModule(L.LightningModule):
         clone = self.learner.clone()
         unadapted = None
         for _ in range(self.plan.inner_steps):
-            pred = self.predict_body(clone, batch)
+            pred = self.predict_body(clone, batch, [frame["past"]])
             now = _slice(pred, 0, b)
             if unadapted is None:
                 unadapted = now
@@ -225,13 +253,14 @@ class AdaptationModule(L.LightningModule):
         source = frame.get("source")
         images = [frame["img"]] + ([earlier["img"]] if earlier is not None else [])
         images += [source["img"]] if source is not None else []
-        pred = self.predict_body(clone, torch.cat(images))
+        pasts = [frame["past"]] + ([earlier.get("past")] if earlier is not None else [])
+        pred = self.predict_body(clone, torch.cat(images), pasts)
         b = frame["img"].shape[0]
         now = _slice(pred, 0, b)
         total, parts = levels.frame_objective(now, frame["keypoints"], self.pose_prior, w)
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_pred = self.predict_body(self.teacher, frame["img"])
+                teacher_pred = self.predict_body(self.teacher, frame["img"], [frame["past"]])
             parts["teacher"] = w.teacher * levels.losses.teacher_consistency(now, teacher_pred)
         if earlier is not None:
             before = _slice(pred, b, 2 * b)
@@ -288,6 +317,7 @@ class AdaptationModule(L.LightningModule):
         video alignment compares P(mean features of all T frames) with E_video of the same T frames."""
         frames = list(self.history)[-self.cfg.clip.length :]
         images = torch.cat([f["img"] for f in frames])
+        pasts = [f.get("past") for f in frames]
         keypoints = torch.cat([f["keypoints"] for f in frames])
         video_embedding = None
         if self.plan.video_align and self.video_encoder is not None and self.align_head is not None:
@@ -296,12 +326,15 @@ class AdaptationModule(L.LightningModule):
         half = len(frames) // 2
         w = self.cfg.loss_weights
         clone = self.learner.clone()
-        inner, _ = levels.clip_objective(self.predict_body(clone, images[:half]), keypoints[:half], w)
+        inner, _ = levels.clip_objective(
+            self.predict_body(clone, images[:half], pasts[:half]), keypoints[:half], w
+        )
         if not torch.isfinite(inner):
             self.counters["skipped_steps"] += 1
             return
         self._inner_step(clone, inner)
-        pred = self.predict_body(clone, images if video_embedding is not None else images[half:])
+        scored = 0 if video_embedding is not None else half  # the alignment sees the whole clip
+        pred = self.predict_body(clone, images[scored:], pasts[scored:])
         second = _slice(pred, pred.rotmat.shape[0] - (len(frames) - half), pred.rotmat.shape[0])
         outer, parts = levels.clip_objective(second, keypoints[half:], w)
         if video_embedding is not None:
@@ -320,7 +353,7 @@ class AdaptationModule(L.LightningModule):
         if track != self.track:
             self._start_track(track)
         images, keypoints = batch["img"], batch["keypoints"].to(batch["img"].dtype)
-        frame = {"img": images, "keypoints": keypoints}
+        frame = {"img": images, "keypoints": keypoints, "past": self._past()}
         if self.plan.replay in ("pose", "random") and self.replay_source is not None:
             frame["source"] = self._retrieve_source(frame, None)
         if self.plan.outer:
@@ -328,8 +361,8 @@ class AdaptationModule(L.LightningModule):
         else:
             clone, unadapted = self._adapted_clone(frame)
             with torch.no_grad():
-                final = self._finite_or(self.predict_body(clone, images), unadapted)
-        entry = {"img": images.detach(), "keypoints": keypoints.detach()}
+                final = self._finite_or(self.predict_body(clone, images, [frame["past"]]), unadapted)
+        entry = {"img": images.detach(), "keypoints": keypoints.detach(), "past": frame["past"]}
         self.history.append(entry)
         self.frames_in_track += 1
         if (
@@ -340,8 +373,9 @@ class AdaptationModule(L.LightningModule):
             self._clip_step()
             if self.plan.emit == "updated":
                 with torch.no_grad():
-                    final = self.predict_body(self.model, images)
+                    final = self.predict_body(self.model, images, [frame["past"]])
         entry["joints"] = final.joints[:, levels.losses.GT_JOINTS].detach()
+        entry["feature"] = final.feature.detach()  # what later frames' causal windows hold
         self._record(batch, final)
 
     def _temporal_steps(self, frame: dict[str, torch.Tensor]) -> BodyPrediction:
@@ -368,14 +402,14 @@ class AdaptationModule(L.LightningModule):
             if self.plan.emit == "clone" and not self.plan.stopping:
                 return emitted
             with torch.no_grad():
-                after = self.predict_body(self.model, frame["img"])
+                after = self.predict_body(self.model, frame["img"], [frame["past"]])
             discrepancy = 1 - F.cosine_similarity(feat_before, after.head_feature, dim=-1).mean()
             if not self.plan.stopping or discrepancy <= self.cfg.stopping.tau:
                 break
             feat_before = after.head_feature
         if self.plan.emit == "teacher":
             with torch.no_grad():
-                return self.predict_body(self.teacher, frame["img"])
+                return self.predict_body(self.teacher, frame["img"], [frame["past"]])
         return emitted if self.plan.emit == "clone" and emitted is not None else after
 
     def _finite_or(self, pred: BodyPrediction, fallback: BodyPrediction) -> BodyPrediction:

@@ -43,7 +43,6 @@ from cemr.train.run import (
     check_missing_checkpoint,
     check_named_checkpoints,
     load_video_encoder,
-    sequence_length,
     train_source,
 )
 
@@ -64,8 +63,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     save_config(cfg, out_dir)
     data = build_datamodule(cfg)
     target = data.target  # read and checked before the source model, which may have to be trained first
+    check_adaptable(cfg)
     source = load_source(cfg)
-    check_adaptable(cfg, source.model)
     body_models = build_body_models(cfg.body)
     scorable = bool(np.any(target.data["has_smpl"] > 0))
     belongs_to = stream_identity(cfg, target.path)
@@ -171,19 +170,11 @@ def file_identity(path: str | Path) -> str:
     return f"{path.name}, {path.stat().st_size} bytes, sha256 {digest.hexdigest()[:16]}"
 
 
-def check_adaptable(cfg: DictConfig, model: torch.nn.Module) -> None:
-    """Refuse, before any work, to adapt a sequence model (the stream feeds single frames) or to split
-    a stream that never resets across devices."""
+def check_adaptable(cfg: DictConfig) -> None:
+    """Refuse, before any work, to split a stream that never resets across devices."""
     if Plan.from_config(cfg.adapter).levels == 0:
         return
     adaptation_strategy(cfg.trainer.get("strategy"), cfg.adapter.reset)
-    if sequence_length(model) is not None:
-        raise NotImplementedError(
-            f"{type(model).__name__} adaptation is not supported yet; the AdaptationModule adapts "
-            f"single-frame models on images (B, 3, S, S), but backbone '{cfg.backbone.name}' is a sequence "
-            f"model (seq_len={sequence_length(model)}); use backbone=hmr or hmr_small, or adapter.levels=0 "
-            "to score the source model alone"
-        )
 
 
 def projection_head(state: dict, video_encoder: torch.nn.Module, encoder_name: str) -> torch.nn.Linear:

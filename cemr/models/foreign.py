@@ -22,13 +22,16 @@ from cemr.models.checkpoints import (
     CheckpointError,
     LoadReport,
     build_model,
+    load_checkpoint,
     load_dynaboa_checkpoint,
     load_spin_checkpoint,
+    load_state_dict_into,
     load_vibe_checkpoint,
     load_videomae_checkpoint,
 )
 
-WEIGHT_KEYS = ("weights", "weights_format")  # backbone keys that are not the model class's parameters
+# backbone keys that are not the model class's parameters: where its weights come from, how it trains
+WEIGHT_KEYS = ("weights", "weights_format", "init_from", "frozen")
 LOADERS = {"spin": load_spin_checkpoint, "dynaboa": load_dynaboa_checkpoint, "vibe": load_vibe_checkpoint}
 
 
@@ -68,6 +71,22 @@ def load_foreign_weights(model: nn.Module, backbone: DictConfig) -> LoadReport:
         raise CheckpointError(
             f"backbone.weights={path} (format {layout}) does not fit backbone={backbone.name}:\n{report}"
         )
+    return report
+
+
+def init_from_source_model(model: nn.Module, backbone: DictConfig) -> LoadReport:
+    """train.py: start the trunk and regressor from another CEMR source model (`backbone.init_from`),
+    as VIBE starts from SPIN's; the rest (VIBE's GRU) starts fresh."""
+    path = Path(backbone.init_from)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone.init_from: {path} not found; {backbone.name} starts from that source model: train "
+            "it first (python train.py with its backbone), or backbone.init_from=null to train from scratch"
+        )
+    state = load_checkpoint(path).model.state_dict()
+    report = load_state_dict_into(model, state, f"{path} (CEMR)", ("trunk.", "regressor."))
+    if report.mismatched or report.missing:
+        raise CheckpointError(f"backbone.init_from={path} does not fit backbone={backbone.name}:\n{report}")
     return report
 
 

@@ -40,6 +40,10 @@ class HMROutput:
     feature: torch.Tensor  # (..., C) the regressor's input: pooled trunk feature (VIBE: per frame)
     head_feature: torch.Tensor  # (..., 1024) fc1 output of the last iteration (DynaBOA's stopping feature)
 
+    def last_frame(self) -> HMROutput:
+        """(B, T, ...) fields -> (B, ...) of the last time step."""
+        return HMROutput(**{f.name: getattr(self, f.name)[:, -1] for f in dataclasses.fields(self)})
+
     def unflatten(self, batch_size: int, num_frames: int) -> HMROutput:
         """(B*T, ...) fields -> (B, T, ...)."""
         return HMROutput(

@@ -2,6 +2,11 @@
 
 Module names match VIBE's released generator (`encoder.gru.*`, `encoder.linear.*`, `regressor.*`),
 so `vibe_model_wo_3dpw.pth.tar` loads directly; the trunk is SPIN's ResNet-50 (`trunk.*`).
+
+Online, frame t is predicted from the causal window of its track's last `seq_len` frames (t-T+1 ..
+t, the track's first frame repeated before its start): the GRU is unidirectional, so this is what a
+model that has seen frames <= t only can say about t. `causal_windows` builds those windows from
+per-frame features; `VIBE.forward_windows` predicts each window's last frame.
 """
 
 from __future__ import annotations
@@ -14,6 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cemr.models.hmr import HMROutput, Regressor, check_images, create_trunk, pooled_trunk_features
+
+
+def causal_windows(features: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Per-frame features (N, C) of one track in time order -> (N, seq_len, C): row t holds frames
+    t-seq_len+1 .. t, where frames before the track's start are its first frame repeated."""
+    frame = torch.arange(features.shape[0], device=features.device)
+    offset = torch.arange(1 - seq_len, 1, device=features.device)
+    return features[(frame[:, None] + offset).clamp(min=0)]
 
 
 class TemporalEncoder(nn.Module):
@@ -101,6 +114,11 @@ class VIBE(nn.Module):
         output = self.regressor(self.encoder(features).flatten(0, 1)).unflatten(b, t)
         output.feature = features
         return output
+
+    def forward_windows(self, windows: torch.Tensor) -> HMROutput:
+        """Causal windows of per-frame features (B, T, C) -> HMROutput (B, ...) of each window's last
+        frame; `feature` is that frame's own trunk feature."""
+        return self.forward_features(windows).last_frame()
 
     def forward(self, images: torch.Tensor) -> HMROutput:
         """images (B, T, 3, S, S) -> HMROutput with (B, T, ...) fields."""

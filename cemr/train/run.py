@@ -21,7 +21,7 @@ from cemr.data.clips import ClipDataset
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.models import VideoMAEPretrainer, load_checkpoint, save_checkpoint
 from cemr.models.checkpoints import CEMRCheckpoint, LoadReport
-from cemr.models.foreign import build_backbone, build_video_encoder, model_config
+from cemr.models.foreign import build_backbone, build_video_encoder, init_from_source_model, model_config
 from cemr.prediction import predict_frames
 from cemr.runtime import (
     build_body_model,
@@ -151,6 +151,10 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
     seed_everything(cfg.seed)
     data = build_datamodule(cfg, batch_size=cfg.training.batch_size, augment=spin_augment(cfg.training))
     model = build_backbone(cfg.backbone)
+    if cfg.backbone.get("init_from"):
+        print(init_from_source_model(model, cfg.backbone))
+    for name in cfg.backbone.get("frozen") or []:
+        getattr(model, name).requires_grad_(False)
     module = SourceModule(
         model, build_body_model(cfg.body), cfg.training, cfg.focal_length, cfg.backbone.crop_size
     )
