@@ -349,3 +349,38 @@ def test_adapting_the_committed_source_model_lowers_its_error_on_the_wild_target
     for key in ("mpjpe", "pve"):
         assert metrics[key] < 0.9 * metrics[f"source_{key}"], key
     assert metrics["pa_mpjpe"] < 1.05 * metrics["source_pa_mpjpe"]
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2, 3])
+def test_vibe_small_adapts_end_to_end_at_every_level(workspace, levels):
+    """backbone=vibe_small: its source model is built on first use from the workspace's HMR (trunk and
+    regressor, trunk frozen), then adapted as a causal online model."""
+    root, _ = workspace
+    name = f"vibe_small_l{levels}"
+    metrics = adapt_run(adapt_cfg(root, name, ["backbone=vibe_small", f"adapter.levels={levels}"]))
+    assert (root / "checkpoints" / "vibe_small_synthetic_seed0.ckpt").is_file()
+    assert metrics["frames"] == 32 and np.isfinite([metrics["pa_mpjpe"], metrics["accel_error"]]).all()
+    if levels:
+        assert metrics["outer_steps"] == (32 if levels >= 2 else 0)
+        assert metrics["clip_steps"] == (2 if levels == 3 else 0)
+        assert metrics["skipped_steps"] == 0
+    else:
+        assert metrics["pa_mpjpe"] == pytest.approx(metrics["source_pa_mpjpe"])
+    with np.load(root / name / "predictions.npz") as pred:
+        assert pred["pose"].shape == (32, 72) and np.isfinite(pred["pose"]).all()
+    assert (root / name / "per_frame.csv").is_file()
+
+
+def test_the_released_vibe_layout_adapts_at_level_three(workspace):
+    root, _ = workspace
+    small = [
+        "backbone=vibe",
+        "backbone.trunk=resnet18",
+        "+backbone.trunk_kwargs.channels=[8,16,16,32]",
+        "backbone.hidden_size=32",
+        "backbone.n_layers=1",
+        "adapter.levels=3",
+    ]
+    metrics = adapt_run(adapt_cfg(root, "vibe_l3", small))
+    assert metrics["frames"] == 32 and metrics["clip_steps"] == 2 and np.isfinite(metrics["pa_mpjpe"])
+    assert (root / "checkpoints" / "vibe_synthetic_seed0.ckpt").is_file()
