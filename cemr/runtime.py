@@ -26,45 +26,16 @@ def is_global_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
-def prepare(node: DictConfig | None) -> Path | None:
-    """Build a cached asset (body model, prepared dataset) from its config's `prepare` node.
-
-    The node's `_target_` is idempotent: it returns at once when its outputs already exist and
-    fails with a clear message when the raw inputs it needs are absent.
-    """
-    if node is None:
-        return None
-    return instantiate(node)
-
-
-def check_body_matches_dataset(cfg: DictConfig) -> None:
-    """A dataset whose ground truth is defined in one body model must be scored with that model."""
-    needed = cfg.dataset.get("body") if "dataset" in cfg else None
-    if needed and "body" in cfg and cfg.body.name != needed:
-        raise ValueError(
-            f"dataset={cfg.dataset.name} has its ground truth in the '{needed}' body model, but body="
-            f"{cfg.body.name} is configured; add body={needed} to the command line"
-        )
-
-
-def prepare_assets(cfg: DictConfig) -> None:
-    """Build everything the configured body model and dataset need, in dependency order."""
-    check_body_matches_dataset(cfg)
-    for group in ("body", "dataset"):
-        if group in cfg:
-            prepare(cfg[group].get("prepare"))
-
-
 def save_config(cfg: DictConfig, out_dir: str | Path) -> Path:
     """Write the fully resolved config of a run as `config.yaml` in its output dir (atomically)."""
-    from cemr.data.prepare import write_text_atomic
+    from cemr.atomic import write_text_atomic
 
     return write_text_atomic(Path(out_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def write_metrics(metrics: dict[str, float], out_dir: str | Path) -> Path:
     """Write a flat dict of floats as `metrics.json` (sorted keys, stable across runs; atomically)."""
-    from cemr.data.prepare import write_text_atomic
+    from cemr.atomic import write_text_atomic
 
     text = json.dumps({k: float(v) for k, v in metrics.items()}, indent=2, sort_keys=True)
     return write_text_atomic(Path(out_dir) / "metrics.json", text)

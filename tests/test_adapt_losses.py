@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from cemr.adapt import losses
 from cemr.adapt.teacher import ema_update, make_teacher
 from cemr.data.retrieval import ReplayBank, kmeans
-from cemr.prediction import BodyPrediction, project_to_crop
+from cemr.models import losses
+from cemr.models.prediction import BodyPrediction, project_to_crop
 
 
 def test_keypoint_2d_is_confidence_weighted_mean_square():

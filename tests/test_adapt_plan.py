@@ -214,7 +214,7 @@ def test_replayed_samples_weigh_decay_to_the_rank(parts):
         pred = module.predict_body(module.model, source["img"])
         total = module._replay_loss(pred, source)
         each = [
-            levels.labelled_objective(
+            levels.losses.labelled_objective(
                 module.predict_body(module.model, source["img"][i : i + 1]),
                 {k: v[i : i + 1] for k, v in source.items()},
                 module.replay_weights,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cemr.data.datamodule import CEMRDataModule, PreparedDataset
-from cemr.data.safe_io import FileFormatError
 from cemr.data.synthetic.build import build_benchmark
+from cemr.safe_io import FileFormatError
 from tests.test_datamodule import make_arrays
 
 # Fixtures of the preparers' own tests, reused to check that their outputs pass (module-scoped there).
@@ -193,7 +193,7 @@ def test_adapt_refuses_a_bad_target_before_it_would_train_the_source_model(compo
     from pathlib import Path
 
     from cemr.adapt.run import run
-    from cemr.runtime import prepare_assets
+    from cemr.data.prepare import prepare_assets
     from tests.conftest import tiny
 
     cfg = compose_cfg("adapt", tiny())

@@ -24,7 +24,7 @@ from cemr.body.joints import (
     SMPL_PARENTS,
     VERTEX_JOINT_NAMES,
 )
-from cemr.data.safe_io import FileFormatError, UnsafePickleError, load_pickle
+from cemr.safe_io import FileFormatError, UnsafePickleError, load_pickle
 from tests.test_safe_io import Ch, _RunsCommand, write_pickle
 
 NUM_VERTICES = 40

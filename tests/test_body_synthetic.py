@@ -24,8 +24,8 @@ from cemr.body.joints import (
     SMPL_PARENTS,
     VERTEX_JOINT_NAMES,
 )
-from cemr.data.safe_io import load_pickle
 from cemr.geometry import rot6d_to_rotmat
+from cemr.safe_io import load_pickle
 
 GENDERS = ("NEUTRAL", "MALE", "FEMALE")
 J = {name: i for i, name in enumerate(SMPL_JOINT_NAMES)}

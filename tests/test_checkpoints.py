@@ -15,7 +15,6 @@ import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
-from cemr.data.safe_io import UnsafePickleError
 from cemr.models import (
     HMR,
     VIBE,
@@ -30,6 +29,7 @@ from cemr.models import (
     save_checkpoint,
 )
 from cemr.models.checkpoints import cemr_key_to_spin, spin_key_to_cemr, videomae_hf_to_original
+from cemr.safe_io import UnsafePickleError
 from tests.test_models import TINY_TRUNK, TINY_VIDEO, write_mean_params
 
 

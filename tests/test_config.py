@@ -81,7 +81,7 @@ def test_cli_rejects_an_invalid_choice():
 
 
 def test_3dpw_selects_real_smpl_and_a_mismatched_body_is_refused():
-    from cemr.runtime import check_body_matches_dataset
+    from cemr.data.prepare import check_body_matches_dataset
 
     cfg = compose_config("adapt", ["dataset=3dpw"])
     assert cfg.body.name == "smpl"

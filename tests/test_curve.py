@@ -8,7 +8,7 @@ import pytest
 
 from cemr.data.datamodule import PreparedDataset
 from cemr.evaluation.report import score_dataset
-from cemr.prediction import predict_frames
+from cemr.models.prediction import predict_frames
 from cemr.train.curve import LearningCurve, SubsetFrames, score_subset
 from tests.test_datamodule import make_arrays
 from tests.test_models import tiny_hmr, write_mean_params

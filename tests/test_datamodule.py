@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cemr.data.datamodule import CEMRDataModule, PreparedDataset, Track, TrackSampler, shard_sequences
-from cemr.data.safe_io import FileFormatError
+from cemr.safe_io import FileFormatError
 from tests.conftest import compose_config
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])

@@ -297,7 +297,7 @@ def test_a_resumed_run_dir_finishes_with_the_same_numbers(workspace, monkeypatch
 
 def test_train_resumes_at_the_step_it_stopped(workspace):
     root, _ = workspace
-    from cemr.data.safe_io import load_torch
+    from cemr.safe_io import load_torch
 
     first = load_torch(root / "train_out" / "checkpoints" / "last.ckpt", allowed_globals=())
     cfg = compose_config(

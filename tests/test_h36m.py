@@ -9,7 +9,7 @@ from spacepy import pycdf
 
 from cemr.body.joints import H36M32_TO_J24_SOURCE, H36M32_TO_J24_TARGET
 from cemr.data.h36m import prepare_h36m
-from cemr.data.safe_io import FileFormatError
+from cemr.safe_io import FileFormatError
 
 W, H = 64, 48
 SPLITS = {

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from cemr.data.safe_io import FileFormatError
 from cemr.models import HMR, VIBE, Regressor, TemporalEncoder, VideoEncoder, VideoMAEPretrainer
 from cemr.models.hmr import create_trunk, load_mean_params, pooled_trunk_features
 from cemr.models.video_encoder import IMAGENET_MEAN, IMAGENET_STD, sinusoid_table, tube_mask, tube_targets
+from cemr.safe_io import FileFormatError
 
 TINY_TRUNK = {"trunk": "resnet18", "trunk_kwargs": {"channels": [8, 16, 32, 64]}, "crop_size": 64}
 TINY_VIDEO = {"img_size": 32, "patch_size": 16, "num_frames": 4, "tubelet_size": 2, "embed_dim": 24}

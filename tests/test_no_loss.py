@@ -21,12 +21,13 @@ import cemr.adapt.run as adapt_module
 import cemr.data.synthetic.build as build_module
 from cemr.adapt.resume import StreamStateMismatch, check_stream_state
 from cemr.adapt.run import run as adapt_run
+from cemr.atomic import pid_alive, remove_leftovers, save_npz_atomic
 from cemr.data.prepare import main as prepare_main
-from cemr.data.prepare import pid_alive, remove_leftovers, save_npz_atomic, start_or_skip
+from cemr.data.prepare import prepare_assets, start_or_skip
 from cemr.data.synthetic import build_benchmark
 from cemr.models import save_checkpoint
 from cemr.models.foreign import build_backbone, model_config
-from cemr.runtime import claim_run_dir, prepare_assets, save_config
+from cemr.runtime import claim_run_dir, save_config
 from cemr.train.run import (
     DEFAULT_CHECKPOINTS,
     check_missing_checkpoint,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cemr.geometry import denormalize_keypoints, transform_keypoints
-from cemr.prediction import project_to_crop
+from cemr.models.prediction import project_to_crop
 from cemr.viz.overlay import draw_mesh, full_image_camera, project_vertices, side_by_side, write_video
 
 FOCAL, CROP = 5000.0, 112

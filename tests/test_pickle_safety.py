@@ -19,7 +19,7 @@ import pytest
 import scipy.sparse
 
 from cemr.body.smpl import read_smpl_file
-from cemr.data.safe_io import FileFormatError, UnsafePickleError, load_pickle
+from cemr.safe_io import FileFormatError, UnsafePickleError, load_pickle
 from tests.test_body_model import as_smpl_pickle, fabricate_smpl
 from tests.test_safe_io import Ch, write_pickle
 
@@ -106,7 +106,7 @@ def test_corrupt_sparse_regressor_is_refused_not_a_crash(tmp_path):
         "import json, resource, sys\n"
         "from pathlib import Path\n"
         "from cemr.body.smpl import read_smpl_file\n"
-        "from cemr.data.safe_io import FileFormatError\n"
+        "from cemr.safe_io import FileFormatError\n"
         "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"

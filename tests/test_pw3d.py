@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 from cemr.body import load_body_model, make_synthetic_body_model
 from cemr.body.joints import OPENPOSE18_TO_J49
 from cemr.data.pw3d import camera_frame_pose, load_sequence, prepare_3dpw, project, world_to_camera
-from cemr.data.safe_io import FileFormatError, UnsafePickleError
+from cemr.safe_io import FileFormatError, UnsafePickleError
 
 K = np.array([[1961.9, 0.0, 540.0], [0.0, 1969.2, 960.0], [0.0, 0.0, 1.0]])
 

@@ -13,7 +13,7 @@ import pytest
 
 from cemr.data.keypoints import read_alphapose, read_coco, read_openpose
 from cemr.data.pw3d import load_sequence
-from cemr.data.safe_io import FileFormatError
+from cemr.safe_io import FileFormatError
 from tests.test_pw3d import fake_sequence, write_py2_pickle
 
 # ----------------------------------------------------------------------------- 3DPW pickles

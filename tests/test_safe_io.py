@@ -1,4 +1,4 @@
-"""cemr.data.safe_io: restricted unpickling of Python-2 SMPL-style pickles, npz/npy, torch checkpoints.
+"""cemr.safe_io: restricted unpickling of Python-2 SMPL-style pickles, npz/npy, torch checkpoints.
 
 The pickle writers here (fake chumpy `Ch`, Python-2 `str` payloads, legacy scipy module path) are
 also used by test_body_model.py to fabricate SMPL model files in the real layout.
@@ -22,7 +22,7 @@ import pytest
 import scipy.sparse
 import torch
 
-from cemr.data.safe_io import (
+from cemr.safe_io import (
     FileFormatError,
     UnsafePickleError,
     load_npy,

@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from cemr.adapt.levels import labelled_objective
 from cemr.body import load_body_model
 from cemr.data.clips import CLIP_LABELS, ClipDataset
 from cemr.data.datamodule import CEMRDataModule
+from cemr.data.prepare import prepare_assets
 from cemr.data.synthetic import build_benchmark
 from cemr.models import HMR, VIBE, load_checkpoint
+from cemr.models.losses import labelled_objective
+from cemr.models.prediction import decode, predict_frames
 from cemr.models.vibe import causal_windows
-from cemr.prediction import decode, predict_frames
-from cemr.runtime import prepare_assets
 from cemr.train.module import SourceModule
 from cemr.train.run import clip_features, source_dataloader, train_source
 from cemr.train.run import run as train_run

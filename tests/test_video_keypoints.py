@@ -12,9 +12,9 @@ from cemr.body.joints import COCO17_TO_J49
 from cemr.data.datamodule import PreparedDataset
 from cemr.data.keypoints import Detection, read_alphapose, read_coco, read_openpose, to_j49, track_by_overlap
 from cemr.data.prepare import main as prepare_main
-from cemr.data.safe_io import FileFormatError
 from cemr.data.video import prepare_video, read_video
 from cemr.geometry import denormalize_keypoints, transform_keypoints
+from cemr.safe_io import FileFormatError
 
 W, H, FRAMES = 160, 120, 30
 RNG = np.random.default_rng(0)

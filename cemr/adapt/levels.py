@@ -1,4 +1,4 @@
-"""The objectives of the three MiRRo levels, composed from cemr.adapt.losses.
+"""The objectives of the three MiRRo levels, composed from cemr.models.losses.
 
 Each function takes already-decoded BodyPredictions and the target tensors, and returns the weighted
 total plus its named parts (for logging), so the module only decides *when* each level runs.
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from cemr.adapt import losses
-from cemr.geometry import axis_angle_to_rotmat
-from cemr.prediction import BodyPrediction
+from cemr.models import losses
+from cemr.models.prediction import BodyPrediction
 
 
 def frame_objective(
@@ -21,25 +20,6 @@ def frame_objective(
         "keypoints_2d": weights.keypoints_2d * losses.keypoint_2d(pred.keypoints_2d, keypoints),
         "shape_prior": weights.shape_prior * losses.shape_prior(pred.betas),
         "pose_prior": weights.pose_prior * losses.pose_prior(prior, pred.rotmat),
-    }
-    return sum(parts.values()), parts
-
-
-def labelled_objective(
-    pred: BodyPrediction, batch: dict[str, torch.Tensor], weights
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """SPIN's supervised loss (source training, and level 2's replay of source samples):
-    2D keypoints + hip-centred 3D joints + SMPL pose and shape parameters."""
-    gt_rotmat = axis_angle_to_rotmat(batch["pose"].reshape(-1, 24, 3))
-    pose_loss, betas_loss = losses.smpl_parameters(
-        pred.rotmat, pred.betas, gt_rotmat, batch["betas"], batch["has_smpl"]
-    )
-    parts = {
-        "keypoints_2d": weights.keypoints_2d * losses.keypoint_2d(pred.keypoints_2d, batch["keypoints"]),
-        "joints_3d": weights.joints_3d
-        * losses.joints_3d(pred.joints[:, losses.GT_JOINTS], batch["joints3d"]),
-        "pose": weights.pose * pose_loss,
-        "betas": weights.betas * betas_loss,
     }
     return sum(parts.values()), parts
 

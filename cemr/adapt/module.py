@@ -37,8 +37,8 @@ from cemr.adapt.teacher import ema_update, make_teacher
 from cemr.evaluation.metrics import pa_mpjpe
 from cemr.evaluation.protocol import joints14
 from cemr.geometry import rotmat_to_axis_angle
+from cemr.models.prediction import BodyPrediction, decode
 from cemr.models.vibe import causal_windows
-from cemr.prediction import BodyPrediction, decode
 
 
 class AdaptationModule(L.LightningModule):
@@ -204,7 +204,7 @@ class AdaptationModule(L.LightningModule):
         clone = self.learner.clone()
         unadapted = None
         for _ in range(self.plan.inner_steps):
-            pred = self.predict_body(clone, batch, [frame["past"]])
+            pred = self.predict_body(clone, batch, [frame.get("past")])
             now = _slice(pred, 0, b)
             if unadapted is None:
                 unadapted = now
@@ -253,14 +253,14 @@ class AdaptationModule(L.LightningModule):
         source = frame.get("source")
         images = [frame["img"]] + ([earlier["img"]] if earlier is not None else [])
         images += [source["img"]] if source is not None else []
-        pasts = [frame["past"]] + ([earlier.get("past")] if earlier is not None else [])
+        pasts = [frame.get("past")] + ([earlier.get("past")] if earlier is not None else [])
         pred = self.predict_body(clone, torch.cat(images), pasts)
         b = frame["img"].shape[0]
         now = _slice(pred, 0, b)
         total, parts = levels.frame_objective(now, frame["keypoints"], self.pose_prior, w)
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_pred = self.predict_body(self.teacher, frame["img"], [frame["past"]])
+                teacher_pred = self.predict_body(self.teacher, frame["img"], [frame.get("past")])
             parts["teacher"] = w.teacher * levels.losses.teacher_consistency(now, teacher_pred)
         if earlier is not None:
             before = _slice(pred, b, 2 * b)
@@ -292,7 +292,7 @@ class AdaptationModule(L.LightningModule):
         total = 0
         for i in range(count):
             one = {k: v[i : i + 1] for k, v in source.items()}
-            loss, _ = levels.labelled_objective(_slice(pred, i, i + 1), one, self.replay_weights)
+            loss, _ = levels.losses.labelled_objective(_slice(pred, i, i + 1), one, self.replay_weights)
             total = total + decay[i] * loss
         return self.cfg.loss_weights.replay * total
 
@@ -361,8 +361,8 @@ class AdaptationModule(L.LightningModule):
         else:
             clone, unadapted = self._adapted_clone(frame)
             with torch.no_grad():
-                final = self._finite_or(self.predict_body(clone, images, [frame["past"]]), unadapted)
-        entry = {"img": images.detach(), "keypoints": keypoints.detach(), "past": frame["past"]}
+                final = self._finite_or(self.predict_body(clone, images, [frame.get("past")]), unadapted)
+        entry = {"img": images.detach(), "keypoints": keypoints.detach(), "past": frame.get("past")}
         self.history.append(entry)
         self.frames_in_track += 1
         if (
@@ -373,7 +373,7 @@ class AdaptationModule(L.LightningModule):
             self._clip_step()
             if self.plan.emit == "updated":
                 with torch.no_grad():
-                    final = self.predict_body(self.model, images, [frame["past"]])
+                    final = self.predict_body(self.model, images, [frame.get("past")])
         entry["joints"] = final.joints[:, levels.losses.GT_JOINTS].detach()
         entry["feature"] = final.feature.detach()  # what later frames' causal windows hold
         self._record(batch, final)
@@ -402,14 +402,14 @@ class AdaptationModule(L.LightningModule):
             if self.plan.emit == "clone" and not self.plan.stopping:
                 return emitted
             with torch.no_grad():
-                after = self.predict_body(self.model, frame["img"], [frame["past"]])
+                after = self.predict_body(self.model, frame["img"], [frame.get("past")])
             discrepancy = 1 - F.cosine_similarity(feat_before, after.head_feature, dim=-1).mean()
             if not self.plan.stopping or discrepancy <= self.cfg.stopping.tau:
                 break
             feat_before = after.head_feature
         if self.plan.emit == "teacher":
             with torch.no_grad():
-                return self.predict_body(self.teacher, frame["img"], [frame["past"]])
+                return self.predict_body(self.teacher, frame["img"], [frame.get("past")])
         return emitted if self.plan.emit == "clone" and emitted is not None else after
 
     def _finite_or(self, pred: BodyPrediction, fallback: BodyPrediction) -> BodyPrediction:
@@ -475,7 +475,7 @@ class AdaptationModule(L.LightningModule):
 
     def load_resume_state(self, path) -> int:
         """Restore a `resume_state` file (weights_only); returns how many frames it had adapted."""
-        from cemr.data.safe_io import load_torch
+        from cemr.safe_io import load_torch
 
         state = load_torch(path)
         self.model.load_state_dict(state["model"])

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cemr.adapt.parallel import PaddedStream
-from cemr.data.prepare import write_atomic
+from cemr.atomic import write_atomic
 
 
 class StreamCheckpoint(L.Callback):
@@ -56,7 +56,7 @@ class StreamStateMismatch(RuntimeError):
 def check_stream_state(path: str | Path, belongs_to: dict) -> None:
     """Raise StreamStateMismatch, naming the file and what differs, unless the stream state at `path`
     belongs to `belongs_to` (resuming it would mix two runs' numbers)."""
-    from cemr.data.safe_io import load_torch
+    from cemr.safe_io import load_torch
 
     found = load_torch(path).get("belongs_to")
     if found == belongs_to:

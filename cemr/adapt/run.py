@@ -19,13 +19,14 @@ from cemr.adapt.module import AdaptationModule
 from cemr.adapt.parallel import adaptation_strategy, gather_predictions
 from cemr.adapt.plan import Plan
 from cemr.adapt.resume import StreamCheckpoint, TargetStream, check_stream_state
-from cemr.data.prepare import remove_leftovers, save_npz_atomic, write_text_atomic
+from cemr.atomic import remove_leftovers, save_npz_atomic, write_text_atomic
+from cemr.data.prepare import prepare_assets
 from cemr.data.retrieval import PoseIndex, ReplayBank
 from cemr.evaluation.protocol import joints14
-from cemr.evaluation.report import body_vertices, errors_by_row, frame_table, score_dataset, summarize_errors
+from cemr.evaluation.report import errors_by_row, frame_table, score_dataset, summarize_errors
 from cemr.models import load_checkpoint
 from cemr.models.foreign import foreign_source
-from cemr.prediction import predict_frames
+from cemr.models.prediction import body_vertices, predict_frames
 from cemr.runtime import (
     STREAM_STATES,
     build_body_models,
@@ -34,7 +35,6 @@ from cemr.runtime import (
     claim_run_dir,
     config_digest,
     is_global_zero,
-    prepare_assets,
     save_config,
     seed_everything,
     write_metrics,
@@ -111,7 +111,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         print(f"overlay video: {render_run(out_dir, cfg.overlay)}")
     if uses_wandb(cfg):
         from cemr.evaluation.run import evaluate_run
-        from cemr.viz.wandb_media import publish_run
+        from cemr.evaluation.wandb_media import publish_run
 
         if scorable:
             evaluate_run(out_dir)  # report.md and plots/, which the dashboard shows too
@@ -232,7 +232,7 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: 
     )
     media = []
     if uses_wandb(cfg):
-        from cemr.viz.wandb_media import WandbStreamOverlay
+        from cemr.evaluation.wandb_media import WandbStreamOverlay
 
         media.append(WandbStreamOverlay(body_model, cfg.focal_length, cfg.overlay.wandb_every))
     trainer = build_trainer(

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cemr.data.safe_io import FileFormatError, PathLike, load_pickle
+from cemr.safe_io import FileFormatError, PathLike, load_pickle
 
 POSE_DIM = 69  # 23 body joints x axis-angle, root excluded
 

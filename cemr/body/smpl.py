@@ -1,6 +1,6 @@
 """SMPL body model: checked loading of SMPL `.pkl`/`.npz` files, and the joint sets on top of smplx.
 
-The model file is read by `cemr.data.safe_io` (never by smplx's own `pickle.load`), every array is
+The model file is read by `cemr.safe_io` (never by smplx's own `pickle.load`), every array is
 checked against the layout in FORMATS.md 5.1, and `smplx.SMPL` is built from the checked arrays.
 `BodyModel.forward` returns the mesh, the 24 SMPL joints, SPIN's 49 joints and the 17 H3.6M joints.
 The vertex count V comes from the file, so the procedural body model goes through the same code.
@@ -24,8 +24,8 @@ from smplx.vertex_ids import vertex_ids as SMPLX_VERTEX_IDS
 from torch import nn
 
 from cemr.body.joints import JOINT_MAP_49, SMPL_PARENTS, VERTEX_JOINT_NAMES
-from cemr.data.safe_io import FileFormatError, PathLike, load_npy, load_npz, load_pickle
 from cemr.geometry import axis_angle_to_rotmat
+from cemr.safe_io import FileFormatError, PathLike, load_npy, load_npz, load_pickle
 
 NUM_SMPL_JOINTS = 24
 NUM_POSE_BASIS = 9 * (NUM_SMPL_JOINTS - 1)  # 207

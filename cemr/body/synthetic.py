@@ -31,13 +31,11 @@ seeds, and written into a temporary directory first so an interrupted run leaves
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
 import shutil
 import uuid
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +43,7 @@ import scipy.sparse
 from scipy.interpolate import PchipInterpolator
 from scipy.spatial.transform import Rotation
 
+from cemr.atomic import write_npz
 from cemr.body.joints import (
     EXTRA_JOINT_NAMES,
     H36M17_NAMES,
@@ -750,22 +749,11 @@ def build_synthetic_body_model(seed: int = 0) -> dict[str, object]:
     return content
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez, but with fixed zip timestamps so equal arrays give equal bytes."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for key, array in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
-            archive.writestr(
-                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue()
-            )
-
-
 def _write_file(path: Path, value) -> None:
     if path.suffix == ".npy":
         np.save(path, value, allow_pickle=False)
     elif path.suffix == ".npz":
-        _write_npz(path, value)
+        write_npz(path, value)
     else:  # SMPL files are protocol-2 pickles, the GMM a protocol-0 one (as the released files)
         with open(path, "wb") as f:
             pickle.dump(value, f, protocol=0 if path.name == "gmm_08.pkl" else 2)

@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cemr.data.augment import AugmentParams, SpinAugment, augment_colour, augment_labels, flip_keypoints_49
-from cemr.data.safe_io import FileFormatError, load_npz
 from cemr.data.validate import validate_prepared
 from cemr.geometry import crop_image, normalize_keypoints, transform_keypoints
+from cemr.safe_io import FileFormatError, load_npz
 
 KEYPOINT_MODES = ("gt", "noisy", "detected")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cemr.atomic import save_npz_atomic, write_image_atomic
 from cemr.body.joints import H36M32_TO_J24_SOURCE, H36M32_TO_J24_TARGET
 from cemr.data.keypoints import bbox_from_keypoints
-from cemr.data.prepare import mark_prepared, save_npz_atomic, start_or_skip, write_image_atomic
-from cemr.data.safe_io import FileFormatError, load_npz
+from cemr.data.prepare import mark_prepared, start_or_skip
 from cemr.data.video import read_video
+from cemr.safe_io import FileFormatError, load_npz
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cemr.body.joints import COCO17_TO_J49, NUM_OPENPOSE, OPENPOSE18_TO_J49
-from cemr.data.safe_io import FileFormatError
+from cemr.safe_io import FileFormatError
 
 log = logging.getLogger(__name__)
 

@@ -1,147 +1,38 @@
 """`python -m cemr.data.prepare dataset=3dpw|h36m|video [overrides]`: raw data -> prepared dataset.
 
 The CLI composes the same config as adapt.py and calls the body model's and the dataset's
-`prepare` nodes (cemr.runtime.prepare_assets), the very functions a run calls when the prepared
+`prepare` nodes (`prepare_assets`), the very functions a run calls when the prepared
 files are missing. Overrides without a dot that name a key of the chosen dataset are taken as
 `dataset.<key>` (so `dataset=video video_path=clip.mp4` works); `dataset.prepare.overwrite=true`
 rebuilds.
 
-Also home of the write discipline every preparer (and every run output) follows: files are written
-under a temporary name `.<stem>.tmp<pid><suffix>` and renamed, and `prepare.json` (the parameters
-the outputs were built with) is written last. A dataset dir counts as prepared only when its stamp
-matches the parameters asked for and every split file exists, so an interrupted run is redone
-rather than trusted. Split files in a dir that has neither a stamp nor the `.prepare.building`
-mark of an interrupted build are someone else's: they are not overwritten unless asked.
-Leftovers of killed processes (`remove_leftovers`) are removed by the next build.
+Also home of the stamp every preparer writes: files are written atomically (cemr.atomic), and
+`prepare.json` (the parameters the outputs were built with) is written last. A dataset dir counts
+as prepared only when its stamp matches the parameters asked for and every split file exists, so
+an interrupted run is redone rather than trusted. Split files in a dir that has neither a stamp nor
+the `.prepare.building` mark of an interrupted build are someone else's: they are not overwritten
+unless asked. Leftovers of killed processes (`remove_leftovers`) are removed by the next build.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
-import re
-import shutil
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import cv2
 import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cemr.atomic import remove_leftovers, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 STAMP_NAME = "prepare.json"
 BUILDING_MARK = ".prepare.building"  # present from the start of a build until its stamp is written
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-# Temporaries and build dirs carry the pid of the process writing them: `.<name>.tmp<pid>[.ext]`,
-# `.<name>.building-<pid>`, `.<name>.old-<pid>`.
-LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:tmp|building-|old-)(?P<pid>\d+)(?:\.[^.]+)?$")
-STARTED = time.time()  # (about) when this process started: later files may be another host's
-
-
-def _temporary(path: Path) -> Path:
-    # Keep the real suffix last: np.savez and cv2.imwrite choose the format by extension.
-    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-
-
-def raise_if_disk_full(err: OSError, path: str | Path) -> None:
-    """Re-raise a full disk (ENOSPC) as such, naming the file that could not be written."""
-    if err.errno == errno.ENOSPC:
-        raise OSError(
-            errno.ENOSPC, f"disk full: no space left to write {path}; free some space and rerun", str(path)
-        ) from err
-
-
-def write_atomic(path: str | Path, write: Callable[[IO], None], mode: str = "wb") -> Path:
-    """`write(file)` into a temporary sibling, flushed to disk, then renamed over `path`: a reader
-    (or a killed or full-disk run) never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
-        with open(tmp, mode) as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise_if_disk_full(err, path)
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """`np.savez` to a temporary name, then rename over `path` (no half-written npz is ever visible)."""
-    return write_atomic(path, lambda file: np.savez(file, **arrays))
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a text file (config.yaml, metrics.json, stamps) atomically, as `save_npz_atomic` does."""
-    return write_atomic(path, lambda file: file.write(text), mode="w")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this machine (a killed, unreaped zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def remove_leftovers(folder: str | Path, name: str | None = None, recursive: bool = False) -> list[Path]:
-    """Remove the temporaries and build dirs (see LEFTOVER) that killed processes left in `folder`.
-
-    Only those of a process that is gone and last touched before this one started; with `name`,
-    only those of that file or dir (e.g. the hidden siblings of one dataset dir).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for path in sorted(folder.rglob(".*") if recursive else folder.glob(".*")):
-        match = LEFTOVER.match(path.name)
-        if not match or (name is not None and match["name"] != name):
-            continue
-        pid = int(match["pid"])
-        try:
-            fresh = path.lstat().st_mtime >= STARTED
-        except FileNotFoundError:
-            continue  # inside a leftover dir removed just before
-        if pid == os.getpid() or fresh or pid_alive(pid):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    if removed:
-        log.info("removed %d leftovers of killed runs: %s", len(removed), ", ".join(map(str, removed)))
-    return removed
-
-
-def write_image_atomic(path: str | Path, image_bgr: np.ndarray) -> None:
-    """`cv2.imwrite` (format from the suffix) to a temporary name, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    try:
-        if not cv2.imwrite(str(tmp), image_bgr):
-            raise OSError(f"could not write image {path}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
@@ -216,13 +107,40 @@ def _dataset_shorthand(overrides: list[str], config_dir: Path, config_name: str)
     return [rewritten(o) for o in overrides]
 
 
+def prepare(node: DictConfig | None) -> Path | None:
+    """Build a cached asset (body model, prepared dataset) from its config's `prepare` node.
+
+    The node's `_target_` is idempotent: it returns at once when its outputs already exist and
+    fails with a clear message when the raw inputs it needs are absent.
+    """
+    if node is None:
+        return None
+    return instantiate(node)
+
+
+def check_body_matches_dataset(cfg: DictConfig) -> None:
+    """A dataset whose ground truth is defined in one body model must be scored with that model."""
+    needed = cfg.dataset.get("body") if "dataset" in cfg else None
+    if needed and "body" in cfg and cfg.body.name != needed:
+        raise ValueError(
+            f"dataset={cfg.dataset.name} has its ground truth in the '{needed}' body model, but body="
+            f"{cfg.body.name} is configured; add body={needed} to the command line"
+        )
+
+
+def prepare_assets(cfg: DictConfig) -> None:
+    """Build everything the configured body model and dataset need, in dependency order."""
+    check_body_matches_dataset(cfg)
+    for group in ("body", "dataset"):
+        if group in cfg:
+            prepare(cfg[group].get("prepare"))
+
+
 def main(
     argv: list[str] | None = None, config_dir: str | Path = CONFIG_DIR, config_name: str = "adapt"
 ) -> Path:
     """Compose the config with `argv` overrides, build body model and dataset, return the dataset dir."""
     from hydra import compose, initialize_config_dir
-
-    from cemr.runtime import prepare_assets
 
     config_dir = Path(config_dir)
     overrides = _dataset_shorthand(list(sys.argv[1:] if argv is None else argv), config_dir, config_name)

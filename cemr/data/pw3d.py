@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cemr.atomic import save_npz_atomic
 from cemr.body.joints import NUM_OPENPOSE
 from cemr.data.keypoints import bbox_from_keypoints, to_j49
-from cemr.data.prepare import mark_prepared, save_npz_atomic, start_or_skip
-from cemr.data.safe_io import FileFormatError, load_pickle
+from cemr.data.prepare import mark_prepared, start_or_skip
 from cemr.geometry import axis_angle_to_rotmat, rotmat_to_axis_angle
+from cemr.safe_io import FileFormatError, load_pickle
 
 log = logging.getLogger(__name__)
 

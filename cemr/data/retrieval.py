@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cemr.atomic import save_npz_atomic
+
 
 def kmeans(
     features: torch.Tensor, k: int, iterations: int = 25, seed: int = 0
@@ -65,11 +67,7 @@ class ReplayBank:
         return members[picks].tolist()
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, centres=self.centres.numpy(), assignment=self.assignment.numpy())
-        tmp.replace(path)
+        save_npz_atomic(path, {"centres": self.centres.numpy(), "assignment": self.assignment.numpy()})
 
     @classmethod
     def load(cls, path: str | Path) -> ReplayBank:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cemr.data.safe_io import FileFormatError
+from cemr.safe_io import FileFormatError
 
 # key -> shape after the row axis; None = any (checked separately). Only imgname, center and scale
 # are required; the others get SPIN's defaults when absent.

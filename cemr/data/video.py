@@ -15,9 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cemr.atomic import save_npz_atomic, write_image_atomic
 from cemr.data.keypoints import Detection, bbox_from_keypoints, read_keypoints, track_by_overlap
-from cemr.data.prepare import mark_prepared, save_npz_atomic, start_or_skip, write_image_atomic
-from cemr.data.safe_io import FileFormatError
+from cemr.data.prepare import mark_prepared, start_or_skip
+from cemr.safe_io import FileFormatError
 
 log = logging.getLogger(__name__)
 

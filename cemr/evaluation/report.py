@@ -11,23 +11,12 @@ import torch
 
 from cemr.evaluation.metrics import accel_error
 from cemr.evaluation.protocol import M_TO_MM, joints14, score_frames
+from cemr.models.prediction import body_vertices
 
 GENDERS = {"m": "male", "f": "female", "n": "neutral"}
 
 
 @torch.no_grad()
-def body_vertices(body_model, pose: np.ndarray, betas: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """(N, 72) axis-angle pose and (N, 10) betas -> (N, V, 3) float64 vertices in metres, no translation."""
-    buffer = next(body_model.buffers())
-    out = []
-    for start in range(0, len(pose), batch_size):
-        p = torch.as_tensor(pose[start : start + batch_size], dtype=buffer.dtype, device=buffer.device)
-        b = torch.as_tensor(betas[start : start + batch_size], dtype=buffer.dtype, device=buffer.device)
-        verts = body_model(betas=b, body_pose=p[:, 3:], global_orient=p[:, :3]).vertices
-        out.append(verts.double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0, 3))
-
-
 def score_predictions(
     pred_pose: np.ndarray,
     pred_betas: np.ndarray,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cemr.data.prepare import write_text_atomic
+from cemr.atomic import write_text_atomic
 from cemr.evaluation import plots
 from cemr.evaluation.builds import (
     BUILD_SEED_KEY,

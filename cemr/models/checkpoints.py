@@ -1,6 +1,6 @@
 """Loading foreign checkpoints (SPIN, DynaBOA, VIBE, VideoMAE) by their real key layout, and CEMR's own.
 
-Every file goes through `torch.load(weights_only=True)` (`cemr.data.safe_io.load_torch`). Each loader
+Every file goes through `torch.load(weights_only=True)` (`cemr.safe_io.load_torch`). Each loader
 maps the file's keys onto the model's names, compares them and returns a `LoadReport` listing
 missing, unexpected and mis-shaped keys with their shapes; weights holding NaN or inf are refused.
 `strict=True` raises `CheckpointError` with the report before touching any weight; otherwise every
@@ -25,11 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cemr.data.prepare import write_atomic
-from cemr.data.safe_io import load_torch
+from cemr.atomic import write_atomic
 from cemr.models.hmr import HMR
 from cemr.models.vibe import VIBE
 from cemr.models.video_encoder import VideoEncoder, VideoMAEPretrainer
+from cemr.safe_io import load_torch
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,14 @@ from cemr.models.checkpoints import (
 )
 
 # backbone keys that are not the model class's parameters: where its weights come from, how it trains
-WEIGHT_KEYS = ("weights", "weights_format", "init_from", "frozen")
+NON_MODEL_KEYS = ("weights", "weights_format", "init_from", "frozen", "source_epochs")
 LOADERS = {"spin": load_spin_checkpoint, "dynaboa": load_dynaboa_checkpoint, "vibe": load_vibe_checkpoint}
 
 
 def model_config(backbone: DictConfig) -> DictConfig:
-    """The backbone node less WEIGHT_KEYS: what builds the model and what a CEMR checkpoint stores."""
+    """The backbone node less NON_MODEL_KEYS: what builds the model and what a CEMR checkpoint stores."""
     resolved = OmegaConf.to_container(backbone, resolve=True)
-    return OmegaConf.create({k: v for k, v in resolved.items() if k not in WEIGHT_KEYS})
+    return OmegaConf.create({k: v for k, v in resolved.items() if k not in NON_MODEL_KEYS})
 
 
 def weights_format(backbone: DictConfig) -> str:

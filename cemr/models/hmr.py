@@ -19,8 +19,8 @@ import torch
 from timm.layers import GroupNorm
 from torch import nn
 
-from cemr.data.safe_io import FileFormatError, load_npz
 from cemr.geometry import rot6d_to_rotmat
+from cemr.safe_io import FileFormatError, load_npz
 
 NUM_JOINTS = 24
 POSE_6D_DIM = NUM_JOINTS * 6  # 144

@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 
 from cemr.evaluation.report import score_dataset, summarize_errors
-from cemr.prediction import predict_frames
+from cemr.models.prediction import predict_frames
 
 
 class SubsetFrames:

@@ -6,8 +6,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from cemr.adapt.levels import labelled_objective
-from cemr.prediction import decode
+from cemr.models.losses import labelled_objective
+from cemr.models.prediction import decode
 
 
 class SourceModule(L.LightningModule):

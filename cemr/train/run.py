@@ -18,18 +18,18 @@ from torch.utils.data import DataLoader
 
 from cemr.data.augment import SpinAugment
 from cemr.data.clips import ClipDataset
+from cemr.data.prepare import prepare_assets
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.models import VideoMAEPretrainer, load_checkpoint, save_checkpoint
 from cemr.models.checkpoints import CEMRCheckpoint, LoadReport
 from cemr.models.foreign import build_backbone, build_video_encoder, init_from_source_model, model_config
-from cemr.prediction import predict_frames
+from cemr.models.prediction import predict_frames
 from cemr.runtime import (
     build_body_model,
     build_body_models,
     build_datamodule,
     build_trainer,
     is_global_zero,
-    prepare_assets,
     save_config,
     seed_everything,
 )

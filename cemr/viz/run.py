@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cemr.evaluation.report import body_vertices
+from cemr.models.prediction import body_vertices
 from cemr.runtime import build_body_models, build_datamodule
 from cemr.viz.overlay import (
     ADAPTED_COLOR,

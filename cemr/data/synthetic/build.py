@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -36,7 +35,6 @@ import shutil
 import signal
 import threading
 import time
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -47,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cemr.atomic import remove_leftovers, write_npz
 from cemr.body import BodyModel, load_body_model
-from cemr.data.prepare import remove_leftovers
 from cemr.data.synthetic.domains import DOMAINS
 from cemr.data.synthetic.keypoints import KeypointNoise
 from cemr.data.synthetic.motions import FAMILIES
@@ -289,7 +287,7 @@ def build_benchmark(
         counts = {}
         for split, split_specs in specs.items():
             if split in todo:
-                save_npz(tmp / f"{split}.npz", _assemble(split_specs, rows))
+                write_npz(tmp / f"{split}.npz", _assemble(split_specs, rows))
             with np.load(tmp / f"{split}.npz") as arrays:
                 frames = len(arrays["imgname"])
             counts[split] = {"sequences": len(split_specs), "frames": frames}
@@ -431,17 +429,6 @@ def tree_sha256(folder: Path) -> str:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Like np.savez, but byte-identical for identical arrays (fixed zip timestamps, no pickles)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for key, value in arrays.items():
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.asanyarray(value), allow_pickle=False)
-            archive.writestr(
-                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue()
-            )
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

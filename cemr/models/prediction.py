@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -52,6 +53,19 @@ def decode(output, body_model, focal_length: float, crop_size: int) -> BodyPredi
         feature=output.feature.reshape(rotmat.shape[0], -1),
         head_feature=output.head_feature.reshape(rotmat.shape[0], -1),
     )
+
+
+@torch.no_grad()
+def body_vertices(body_model, pose: np.ndarray, betas: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """(N, 72) axis-angle pose and (N, 10) betas -> (N, V, 3) float64 vertices in metres, no translation."""
+    buffer = next(body_model.buffers())
+    out = []
+    for start in range(0, len(pose), batch_size):
+        p = torch.as_tensor(pose[start : start + batch_size], dtype=buffer.dtype, device=buffer.device)
+        b = torch.as_tensor(betas[start : start + batch_size], dtype=buffer.dtype, device=buffer.device)
+        verts = body_model(betas=b, body_pose=p[:, 3:], global_orient=p[:, :3]).vertices
+        out.append(verts.double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0, 3))
 
 
 @torch.no_grad()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cemr.geometry import rotmat_to_axis_angle
+from cemr.geometry import axis_angle_to_rotmat, rotmat_to_axis_angle
+from cemr.models.prediction import BodyPrediction
 
 # The 24 "GT" joints of the 49-joint SPIN set; pelvis is the midpoint of their hips (indices 2, 3).
 GT_JOINTS = slice(25, 49)
@@ -126,3 +127,21 @@ def emitted_smoothness(
     now = centered_gt_joints(now_gt24)
     diff = now - past[-1] if order == 1 else now - 2 * past[-1] + past[-2]
     return (diff**2).sum(-1).mean()
+
+
+def labelled_objective(
+    pred: BodyPrediction, batch: dict[str, torch.Tensor], weights
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SPIN's supervised loss (source training, and level 2's replay of source samples):
+    2D keypoints + hip-centred 3D joints + SMPL pose and shape parameters."""
+    gt_rotmat = axis_angle_to_rotmat(batch["pose"].reshape(-1, 24, 3))
+    pose_loss, betas_loss = smpl_parameters(
+        pred.rotmat, pred.betas, gt_rotmat, batch["betas"], batch["has_smpl"]
+    )
+    parts = {
+        "keypoints_2d": weights.keypoints_2d * keypoint_2d(pred.keypoints_2d, batch["keypoints"]),
+        "joints_3d": weights.joints_3d * joints_3d(pred.joints[:, GT_JOINTS], batch["joints3d"]),
+        "pose": weights.pose * pose_loss,
+        "betas": weights.betas * betas_loss,
+    }
+    return sum(parts.values()), parts
