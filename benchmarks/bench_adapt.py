@@ -1,50 +1,87 @@
-"""Speed of test-time adaptation per level, and of source training, on the configured backbone.
+"""Per-frame cost of test-time adaptation against one forward+backward of the trunk (issue 16).
 
-    python -m benchmarks.bench_adapt                       # CPU, hmr_small, 64 frames per level
-    python -m benchmarks.bench_adapt --backbone hmr --frames 32 --device cuda --precision 16-mixed
+    python -m benchmarks.bench_adapt                                   # CPU, hmr_small, 64 frames per row
+    python -m benchmarks.bench_adapt --backbone hmr --frames 16 --threads 1 --json bench.json
+    python -m benchmarks.bench_adapt --device cuda --precision bf16-mixed --frames 32
+    python -m benchmarks.bench_adapt --memory --memory-frames 200,1000,5000   # memory vs stream length
 
-Frames are random crops with random keypoints (speed does not depend on content); the body model
-is the procedural one; replay is off (it adds one source crop per step). Prints a table of
-ms/frame and frames/s per adapter.levels, then source-training images/s at the config's batch size.
+The floor is one forward+backward of the backbone's trunk on one crop (median of --repeats),
+measured in the same run just before each row: same device, precision and threads, and the same load
+on a shared machine. Then the AdaptationModule, as it is, streams one track of --frames random crops
+with random keypoints for each row: adapter.levels=0..3 and experiment=boa|dynaboa|cemr, each the
+adapt config composed with that override. The body model is the procedural one; replayed source
+samples are random labelled crops too (DynaBOA's feature bank clusters random features: retrieval
+costs the same). Speed does not depend on content, except for how many extra steps dynamic stopping
+takes. The first --warmup frames run but are neither timed nor counted.
+
+Columns: the row's floor; per timed frame: ms, and its ratio to the floor; trunk forwards (calls,
+then the crops they carry); trunk backwards (each backward pass that reaches the trunk's stem:
+loss.backward, torch.autograd.grad in the inner step, and a second-order outer step's pass back
+through the inner step's graph); body-model calls (one of them scores the frame against its label
+for the progress bar); outer steps (dynamic stopping's extra ones included); peak memory in MiB: on
+CPU the growth of the peak RSS over the RSS at the row's start, on CUDA max_memory_allocated.
+
+adapter.levels=0 has no step: the module clones the model and predicts each frame once under
+no_grad (adapt.py itself does not stream at level 0: it scores the source model's predictions).
+
+--memory streams max(--memory-frames) frames at the config's default level once and, when the stream
+reaches each of those lengths, prints the peak memory so far, the memory held then (same scale) and
+the ms/frame since the previous length: flat means that nothing but the per-frame records (about 1 KB
+each) grows with the stream. On CPU, 20k frames of hmr_small take about an hour.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
+import gc
+import json
+import logging
+import resource
+import statistics
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import DictConfig
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cemr.adapt.module import AdaptationModule
+from cemr.adapt.plan import Plan
 from cemr.body import MaxMixturePrior, load_body_model, make_synthetic_body_model
-from cemr.models.foreign import build_backbone
-from cemr.train.module import SourceModule
+from cemr.data.retrieval import PoseIndex, ReplayBank
+from cemr.models.foreign import build_backbone, build_video_encoder
+from cemr.models.hmr import pooled_trunk_features
 
 REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ("boa", "dynaboa", "cemr")  # configs/experiment/
+AUTOCAST = {"32": None, "32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+SOURCE_FRAMES = 64  # labelled crops the replaying rows draw from
 
 
 class RandomFrames(Dataset):
-    """One track of random crops with keypoints and SMPL labels (zero pose)."""
+    """One track of random crops with random keypoints and SMPL labels (zero pose), each made from its
+    index when asked for, so that a 20k-frame stream holds no frames in memory."""
 
-    def __init__(self, n: int, crop: int):
-        gen = torch.Generator().manual_seed(0)
-        self.img = torch.randn(n, 3, crop, crop, generator=gen)
-        self.kp = torch.cat([torch.rand(n, 49, 2, generator=gen) * 1.6 - 0.8, torch.ones(n, 49, 1)], -1)
+    def __init__(self, n: int, crop: int, seed: int = 0):
+        self.n, self.crop, self.seed = n, crop, seed
 
     def __len__(self):
-        return len(self.img)
+        return self.n
 
     def __getitem__(self, i):
+        gen = torch.Generator().manual_seed(self.seed * 10**9 + i)
+        xy = torch.rand(49, 2, generator=gen) * 1.6 - 0.8
         return {
-            "img": self.img[i],
-            "keypoints": self.kp[i],
+            "img": torch.randn(3, self.crop, self.crop, generator=gen),
+            "keypoints": torch.cat([xy, torch.ones(49, 1)], -1),
             "seq_id": torch.tensor(0),
             "person": torch.tensor(0),
             "index": torch.tensor(i),
@@ -55,85 +92,397 @@ class RandomFrames(Dataset):
         }
 
 
-def trainer(args, **kwargs) -> L.Trainer:
-    return L.Trainer(
+# ---------------------------------------------------------------------------------------- counting
+
+
+@dataclasses.dataclass
+class Counts:
+    forwards: int = 0
+    crops: int = 0
+    backwards: int = 0
+    body_calls: int = 0
+
+    def copy(self) -> Counts:
+        return dataclasses.replace(self)
+
+    def since(self, before: Counts) -> Counts:
+        return Counts(*(getattr(self, f.name) - getattr(before, f.name) for f in dataclasses.fields(self)))
+
+
+def trunk_stem(trunk: nn.Module) -> nn.Module:
+    """The trunk's first convolution. Hooks on the trunk itself never fire: the models call
+    `trunk.forward_features`, not `trunk(...)`; every trunk pass calls its stem."""
+    return next(m for m in trunk.modules() if isinstance(m, nn.Conv2d))
+
+
+def count_trunk(model: nn.Module, counts: Counts) -> None:
+    """Count the trunk's forwards, their crops, and the backward passes that reach its stem's output.
+
+    Also counts on copies made later: learn2learn's MAML clones share the module's hook dicts, and
+    deepcopy (the EMA teacher) keeps the hook, a plain function, which counts into the same `counts`.
+    A gradient hook on the stem's output sees loss.backward and torch.autograd.grad alike.
+    """
+
+    def on_backward(grad):
+        counts.backwards += 1
+
+    def on_forward(module, inputs, output):
+        counts.forwards += 1
+        counts.crops += output.shape[0]
+        if output.requires_grad:
+            output.register_hook(on_backward)
+
+    trunk_stem(model.trunk).register_forward_hook(on_forward)
+
+
+def count_body_calls(body_model: nn.Module, counts: Counts) -> None:
+    def on_forward(module, inputs, output):
+        counts.body_calls += 1
+
+    body_model.register_forward_hook(on_forward)
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset Linux's peak RSS (VmHWM) to the current RSS; False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _proc_status_kib("VmHWM") is not None
+
+
+def _maxrss_kib() -> int:
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss // 1024 if sys.platform == "darwin" else maxrss  # bytes on macOS, KiB on Linux
+
+
+def _release_freed_memory() -> None:
+    gc.collect()
+    try:  # glibc keeps freed memory; give it back so that the next row's baseline is its own
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakMemory:
+    """Peak memory (MiB) since construction: CUDA's max_memory_allocated, or on CPU the peak RSS's
+    growth over the RSS now (where VmHWM cannot be reset, over the process's earlier peak)."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+        _release_freed_memory()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return
+        self.resettable = _reset_peak_rss()
+        self.base_kib = _proc_status_kib("VmRSS") if self.resettable else _maxrss_kib()
+
+    def mib(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        peak = _proc_status_kib("VmHWM") if self.resettable else _maxrss_kib()
+        return max(0, peak - self.base_kib) / 1024
+
+    def now_mib(self) -> float | None:
+        """Memory held now, on the same scale (None where the RSS cannot be read)."""
+        if self.cuda:
+            return torch.cuda.memory_allocated() / 2**20
+        rss = _proc_status_kib("VmRSS") if self.resettable else None
+        return None if rss is None else (rss - self.base_kib) / 1024
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class Probe(L.Callback):
+    """Times and counts every frame after the first `warmup`; at each of `marks` (frames streamed)
+    calls `on_mark(frames, PeakMemory, seconds timed, frames timed)`."""
+
+    def __init__(self, counts: Counts, device: str, warmup: int, marks=(), on_mark=None):
+        self.counts, self.device, self.warmup = counts, device, warmup
+        self.marks, self.on_mark = set(marks), on_mark
+        self.seconds, self.timed = 0.0, 0
+        self.start = self.end = None  # (Counts, module counters) around the timed frames
+
+    def on_train_start(self, trainer, pl_module):
+        self.memory = PeakMemory(self.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.start = (self.counts.copy(), dict(pl_module.counters))
+        synchronize(self.device)
+        self.began = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        synchronize(self.device)
+        if batch_idx >= self.warmup:
+            self.seconds += time.perf_counter() - self.began
+            self.timed += 1
+        if batch_idx + 1 in self.marks and self.on_mark is not None:
+            self.on_mark(batch_idx + 1, self.memory, self.seconds, self.timed)
+
+    def on_train_end(self, trainer, pl_module):
+        self.end = (self.counts.copy(), dict(pl_module.counters))
+        self.peak_mib = self.memory.mib()
+
+    def per_frame(self) -> dict[str, float]:
+        counts = self.end[0].since(self.start[0])
+        steps = {k: self.end[1][k] - self.start[1][k] for k in ("outer_steps", "clip_steps")}
+        per = {f.name: getattr(counts, f.name) / self.timed for f in dataclasses.fields(counts)}
+        per.update({k: v / self.timed for k, v in steps.items()})
+        return {"ms_per_frame": 1000 * self.seconds / self.timed, **per, "peak_mib": self.peak_mib}
+
+
+def floor_ms(model: nn.Module, crop: int, device: str, precision: str, repeats: int, counts: Counts) -> float:
+    """Median ms of one forward+backward of the trunk on one crop (eval mode, as the stream runs it);
+    refuses to go on unless the hooks counted every one of these passes. The trunk goes back to the
+    CPU afterwards, out of the next row's CUDA memory."""
+    trunk = model.trunk.to(device).eval()
+    image = torch.randn(1, 3, crop, crop, device=device)
+    dtype = AUTOCAST[precision]
+    warmup, before, times = 3, counts.copy(), []
+    for _ in range(warmup + repeats):
+        synchronize(device)
+        began = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+            feature = pooled_trunk_features(trunk, image)
+        feature.float().sum().backward()
+        synchronize(device)
+        times.append(time.perf_counter() - began)
+        trunk.zero_grad(set_to_none=True)
+    trunk.cpu()
+    seen = counts.copy().since(before)
+    if (seen.forwards, seen.backwards) != (warmup + repeats,) * 2:
+        raise RuntimeError(f"the trunk hooks counted {seen} over {warmup + repeats} forward+backward passes")
+    return 1000 * statistics.median(times[warmup:])
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def compose_adapt(backbone: str, data_dir: Path, override: str | None = None) -> DictConfig:
+    overrides = [f"backbone={backbone}", f"paths.data_dir={data_dir}"] + ([override] if override else [])
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("adapt", overrides)
+
+
+def replay_source(plan: Plan, cfg: DictConfig, feature_dim: int):
+    """(index, dataset) as adapt/run.py builds them, over random labelled crops; None without replay."""
+    if plan.replay is None:
+        return None
+    source = RandomFrames(SOURCE_FRAMES, cfg.backbone.crop_size, seed=1)
+    if plan.replay == "pose":
+        index = PoseIndex.build(torch.stack([source[i]["keypoints"] for i in range(len(source))]))
+    elif plan.replay == "feature":
+        features = torch.randn(len(source), feature_dim, generator=torch.Generator().manual_seed(1))
+        index = ReplayBank.build(features, cfg.adapter.replay.clusters, seed=cfg.seed)
+    else:
+        index = None
+    return index, source
+
+
+def build_module(cfg: DictConfig, body: nn.Module, prior: nn.Module, counts: Counts) -> AdaptationModule:
+    torch.manual_seed(0)
+    model = build_backbone(cfg.backbone)
+    count_trunk(model, counts)  # before the module deep-copies the model into its teacher
+    plan = Plan.from_config(cfg.adapter)
+    video_encoder = align_head = None
+    if plan.video_align:
+        video_encoder = build_video_encoder(cfg.video_encoder)
+        align_head = nn.Linear(model.trunk.num_features, cfg.video_encoder.embed_dim)
+    return AdaptationModule(
+        model,
+        body,
+        prior,
+        cfg.adapter,
+        cfg.focal_length,
+        cfg.backbone.crop_size,
+        video_encoder=video_encoder,
+        align_head=align_head,
+        replay_source=replay_source(plan, cfg, model.trunk.num_features),
+        replay_weights=cfg.training.loss_weights,
+        seed=cfg.seed,
+    )
+
+
+def stream(args, module: AdaptationModule, frames: Dataset, probe: Probe) -> None:
+    trainer = L.Trainer(
         accelerator=args.device,
         devices=1,
         precision=args.precision,
+        max_epochs=1,
         logger=False,
+        callbacks=[probe],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         inference_mode=False,
         num_sanity_val_steps=0,
-        **kwargs,
+    )
+    trainer.fit(module, DataLoader(frames, batch_size=1))
+
+
+# ------------------------------------------------------------------------------------------ the runs
+
+
+ROW_HEADER = (
+    f"{'row':<18} {'floor ms':>8} {'ms/frame':>9} {'x floor':>8} {'fwd':>6} {'(crops)':>8} {'bwd':>6} "
+    f"{'body':>6} {'outer':>6} {'peak MiB':>9}"
+)
+
+
+def format_row(row: dict) -> str:
+    return (
+        f"{row['row']:<18} {row['floor_ms']:>8.1f} {row['ms_per_frame']:>9.1f} {row['ratio']:>7.2f}x "
+        f"{row['forwards']:>6.2f} "
+        f"{'(' + format(row['crops'], '.2f') + ')':>8} {row['backwards']:>6.2f} {row['body_calls']:>6.2f} "
+        f"{row['outer_steps']:>6.2f} {row['peak_mib']:>9.1f}"
     )
 
 
-def main() -> None:
+def table(args, setup: dict, counts: Counts) -> dict:
+    """One row per adapter.levels and experiment, each against the floor measured just before it (on a
+    shared machine, the load drifts between rows)."""
+    floor_model = build_backbone(compose_adapt(args.backbone, setup["data_dir"]).backbone)
+    count_trunk(floor_model, counts)
+    print(f"floor: one forward+backward of the trunk on one crop, median of {args.repeats}, before each row")
+    print(ROW_HEADER, flush=True)
+    overrides = [f"adapter.levels={level}" for level in range(4)] + [f"experiment={e}" for e in EXPERIMENTS]
+    rows = []
+    for override in overrides:
+        cfg = compose_adapt(args.backbone, setup["data_dir"], override)
+        floor = floor_ms(floor_model, setup["crop"], setup["device"], args.precision, args.repeats, counts)
+        module = build_module(cfg, setup["body"], setup["prior"], counts)
+        probe = Probe(counts, setup["device"], args.warmup)
+        stream(args, module, RandomFrames(args.frames, setup["crop"]), probe)
+        per_frame = probe.per_frame()
+        ms = per_frame.pop("ms_per_frame")
+        name = override.removeprefix("adapter.")
+        row = {"row": name, "override": override, "floor_ms": floor, "ms_per_frame": ms, "ratio": ms / floor}
+        row.update(per_frame)
+        rows.append(row)
+        print(format_row(row), flush=True)
+        del module, probe
+    floor = statistics.median(row["floor_ms"] for row in rows)
+    print(
+        f"floor over the rows: median {floor:.1f} ms, {min(r['floor_ms'] for r in rows):.1f}-"
+        f"{max(r['floor_ms'] for r in rows):.1f}"
+    )
+    return {"floor_ms": floor, "rows": rows}
+
+
+def memory_run(args, setup: dict, counts: Counts) -> dict:
+    """One stream of max(lengths) frames at the default config; peak memory as it reaches each length."""
+    lengths = sorted(args.memory_frames)
+    cfg = compose_adapt(args.backbone, setup["data_dir"])
+    print(f"memory vs stream length, adapter.levels={cfg.adapter.levels} (the default)")
+    print(f"{'frames':>8} {'ms/frame':>9} {'peak MiB':>9} {'now MiB':>9}", flush=True)
+    marks, last = [], {"seconds": 0.0, "timed": 0}
+
+    def on_mark(frames, memory, seconds, timed):
+        ms = 1000 * (seconds - last["seconds"]) / max(1, timed - last["timed"])
+        last.update(seconds=seconds, timed=timed)
+        mark = {"frames": frames, "ms_per_frame": ms, "peak_mib": memory.mib(), "now_mib": memory.now_mib()}
+        marks.append(mark)
+        now = "-" if mark["now_mib"] is None else f"{mark['now_mib']:.1f}"
+        print(f"{frames:>8} {ms:>9.1f} {mark['peak_mib']:>9.1f} {now:>9}", flush=True)
+
+    module = build_module(cfg, setup["body"], setup["prior"], counts)
+    probe = Probe(counts, setup["device"], args.warmup, lengths, on_mark)
+    stream(args, module, RandomFrames(lengths[-1], setup["crop"]), probe)
+    return {"levels": int(cfg.adapter.levels), "memory": marks}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backbone", default="hmr_small")
-    parser.add_argument("--frames", type=int, default=64)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="32")
+    parser.add_argument("--backbone", default="hmr_small", help="hmr_small | hmr | vibe_small | vibe")
+    parser.add_argument("--frames", type=int, default=64, help="frames streamed per row")
+    parser.add_argument("--warmup", type=int, default=1, help="first frames of each row not timed or counted")
+    parser.add_argument("--repeats", type=int, default=10, help="floor: timed forward+backward passes")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", default="32", choices=sorted(AUTOCAST))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--memory", action="store_true", help="memory vs stream length instead of the table")
+    parser.add_argument(
+        "--memory-frames",
+        type=lambda s: [int(n) for n in s.split(",")],
+        default=[1000, 5000, 20000],
+        help="--memory: comma-separated stream lengths (default 1000,5000,20000)",
+    )
+    args = parser.parse_args(argv)
+    shortest = min(args.memory_frames) if args.memory else args.frames
+    if shortest <= args.warmup or args.warmup < 0:
+        parser.error(f"need more frames than --warmup ({args.warmup}) and --warmup >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    return args
+
+
+def quiet_lightning() -> None:
+    """Lightning's device lines and tips, once per row (pytorch_lightning, imported by a dependency,
+    rebinds Lightning's rank-zero logger to its own)."""
+    for package in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(f"{package}.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    quiet_lightning()
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    body_dir = make_synthetic_body_model(Path(tempfile.gettempdir()) / "cemr_bench_body")
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("adapt", [f"backbone={args.backbone}", f"paths.data_dir={body_dir.parent}"])
-    with open_dict(cfg):
-        cfg.body.model_dir = str(body_dir)
-        cfg.body.mean_params = str(body_dir / "smpl_mean_params.npz")
+    data_dir = Path(tempfile.gettempdir()) / "cemr_bench"
+    body_dir = make_synthetic_body_model(data_dir / "cache" / "body_synthetic")  # where the config looks
+    counts = Counts()
     body = load_body_model(body_dir, "neutral")
-    prior = MaxMixturePrior.from_file(body_dir / "gmm_08.pkl")
-    crop = cfg.backbone.crop_size
-    frames = RandomFrames(args.frames, crop)
-
-    print(
-        f"backbone={args.backbone} crop={crop} device={args.device} precision={args.precision} "
-        f"threads={torch.get_num_threads()} frames={args.frames}"
-    )
-    print(f"{'adapter.levels':>15} {'ms/frame':>10} {'frames/s':>10} {'outer steps':>12} {'clip steps':>11}")
-    for levels in (0, 1, 2, 3):
-        adapter = cfg.adapter.copy()
-        adapter.levels = levels
-        adapter.replay.enabled = False
-        torch.manual_seed(0)
-        model = build_backbone(cfg.backbone)
-        clip_level = levels >= 3
-        module = AdaptationModule(
-            model,
-            body,
-            prior,
-            adapter,
-            cfg.focal_length,
-            crop,
-            video_encoder=instantiate(cfg.video_encoder) if clip_level else None,
-            align_head=torch.nn.Linear(model.trunk.num_features, cfg.video_encoder.embed_dim)
-            if clip_level
-            else None,
-        )
-        start = time.perf_counter()
-        trainer(args, max_epochs=1).fit(module, DataLoader(frames, batch_size=1))
-        seconds = time.perf_counter() - start
-        print(
-            f"{levels:>15} {1000 * seconds / args.frames:>10.1f} {args.frames / seconds:>10.2f} "
-            f"{module.counters['outer_steps']:>12} {module.counters['clip_steps']:>11}"
-        )
-
-    batch = cfg.training.batch_size
-    steps = max(2, args.frames // batch)
-    source = SourceModule(build_backbone(cfg.backbone), body, cfg.training, cfg.focal_length, crop)
-    loader = DataLoader(RandomFrames(batch * steps, crop), batch_size=batch)
-    start = time.perf_counter()
-    trainer(args, max_epochs=1).fit(source, loader)
-    seconds = time.perf_counter() - start
-    print(f"source training: {batch * steps / seconds:.1f} images/s at batch {batch} ({steps} steps)")
+    count_body_calls(body, counts)
+    crop = compose_adapt(args.backbone, data_dir).backbone.crop_size
+    setup = {
+        "data_dir": data_dir,
+        "body": body,
+        "prior": MaxMixturePrior.from_file(body_dir / "gmm_08.pkl"),
+        "crop": crop,
+        "device": args.device,
+    }
+    meta = {
+        "backbone": args.backbone,
+        "crop": crop,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+        "precision": args.precision,
+        "threads": torch.get_num_threads(),
+        "frames": args.frames,
+        "warmup": args.warmup,
+        "torch": torch.__version__,
+        "peak_memory": "max_memory_allocated" if args.device == "cuda" else "peak RSS growth",
+    }
+    if args.memory:
+        del meta["frames"]
+    print(" ".join(f"{k}={v}" for k, v in meta.items()), flush=True)
+    result = memory_run(args, setup, counts) if args.memory else table(args, setup, counts)
+    if args.json:
+        args.json.write_text(json.dumps({**meta, **result}, indent=2) + "\n")
+        print(f"written: {args.json}")
 
 
 if __name__ == "__main__":
