@@ -137,7 +137,7 @@ def claim_run_dir(cfg: DictConfig, out_dir: str | Path) -> None:
         if is_global_zero():
             for name in found:
                 (out_dir / name).unlink(missing_ok=True)
-            print(f"overwrite=true: removed {', '.join(found)} of an earlier run in {out_dir}")
+            log.info(f"overwrite=true: removed {', '.join(found)} of an earlier run in {out_dir}")
         return
     ways_out = "choose another run dir (hydra.run.dir=...) or pass overwrite=true to replace them"
     config = out_dir / "config.yaml"
@@ -175,7 +175,9 @@ def build_body_model(body_cfg: DictConfig, gender: str | None = None):
 
 def build_body_models(body_cfg: DictConfig) -> dict:
     """Neutral, male and female body models, as the 3DPW protocol scores with all three."""
-    return {g: build_body_model(body_cfg, g) for g in ("neutral", "male", "female")}
+    from cemr.body import GENDER_CODES
+
+    return {g: build_body_model(body_cfg, g) for g in GENDER_CODES.values()}
 
 
 def build_datamodule(cfg: DictConfig, **overrides):

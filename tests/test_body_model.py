@@ -575,8 +575,7 @@ def test_gmm_missing_file_and_bad_input(tmp_path):
 
 
 def test_procedural_model_loads_through_the_same_path(tmp_path):
-    synthetic = pytest.importorskip("cemr.body.synthetic", reason="cemr/body/synthetic.py not written yet")
-    from cemr.body import make_synthetic_body_model
+    from cemr.body import make_synthetic_body_model, synthetic
 
     assert make_synthetic_body_model is synthetic.make_synthetic_body_model
     make_synthetic_body_model(tmp_path, seed=0)

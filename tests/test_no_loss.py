@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -65,7 +66,8 @@ def age(path: Path, seconds: float = 3600) -> None:
 
 
 @pytest.mark.slow
-def test_a_smoke_run_writes_no_checkpoint_and_says_so(tmp_path, capsys):
+def test_a_smoke_run_writes_no_checkpoint_and_says_so(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     cfg = workspace(tmp_path, "out", "train", ["trainer.fast_dev_run=true"])
     committed = Path(cfg.training.checkpoint)
     committed.parent.mkdir(parents=True)
@@ -74,8 +76,7 @@ def test_a_smoke_run_writes_no_checkpoint_and_says_so(tmp_path, capsys):
     assert np.isfinite(metrics["target_pa_mpjpe"])  # the smoke run trained and scored in memory
     assert committed.read_bytes() == b"the committed source model"
     assert sorted(p.name for p in committed.parent.iterdir()) == [committed.name]  # no video encoder either
-    out = capsys.readouterr().out
-    assert f"smoke run (trainer.fast_dev_run=True): no checkpoint is written; {committed}" in out
+    assert f"smoke run (trainer.fast_dev_run=True): no checkpoint is written; {committed}" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -113,7 +114,8 @@ def test_a_real_run_refuses_to_replace_a_checkpoint_before_any_work(tmp_path, ta
     check_outputs(workspace(tmp_path, "out", "train", [f"task={task}", "training.overwrite=true"]))  # asked
 
 
-def test_a_named_checkpoint_must_exist_only_the_default_is_built(tmp_path, capsys):
+def test_a_named_checkpoint_must_exist_only_the_default_is_built(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     typo = tmp_path / "ckpt" / "hmr_smal_synthetic_seed0.ckpt"
     cfg = workspace(tmp_path, "out", overrides=[f"training.checkpoint={typo}"])
     with pytest.raises(
@@ -127,10 +129,9 @@ def test_a_named_checkpoint_must_exist_only_the_default_is_built(tmp_path, capsy
     default = workspace(tmp_path, "out")
     assert is_default_checkpoint(default, "checkpoint") and not is_default_checkpoint(cfg, "checkpoint")
     check_missing_checkpoint(default, "checkpoint")  # the default's own checkpoint: built, and said so
-    said = capsys.readouterr().out
     assert (
         "seed0.ckpt (training.checkpoint, the config's default) is missing: building it now on first use"
-        in said
+        in caplog.text
     )
 
 

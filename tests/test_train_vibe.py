@@ -3,6 +3,7 @@ SourceModule, the loader train_source picks, features for the projection head, a
 
 from __future__ import annotations
 
+import logging
 import re
 from types import SimpleNamespace
 
@@ -161,7 +162,8 @@ def test_clip_features_are_per_frame_trunk_features_for_both_kinds(synthetic_bod
 
 
 @pytest.mark.slow
-def test_train_source_trains_and_saves_a_tiny_vibe(tmp_path, capsys):
+def test_train_source_trains_and_saves_a_tiny_vibe(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     prepare = [f"dataset.prepare.{k}={v}" for k, v in TINY_BENCHMARK.items()]
     cfg = compose_config(
         "train",
@@ -209,7 +211,7 @@ def test_train_source_trains_and_saves_a_tiny_vibe(tmp_path, capsys):
         features = model.extract_features(clips["img"].transpose(1, 2)).mean(1)
         cosine = torch.nn.functional.cosine_similarity(head(features), encoder(clips["img"]))
     assert len(cosine) == 4 and cosine.min() > 0.95, cosine
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "on 4 source clips" in out
     assert re.search(r"epoch   1: source_test PA-MPJPE +[\d.]+ MPJPE +[\d.]+  target PA-MPJPE", out), out
 

@@ -3,6 +3,7 @@ the same numbers."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +12,8 @@ from torch.utils.data import DataLoader
 
 from cemr.adapt.parallel import PaddedStream
 from cemr.atomic import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 class StreamCheckpoint(L.Callback):
@@ -41,7 +44,7 @@ class StreamCheckpoint(L.Callback):
         if path.is_file():
             check_stream_state(path, self.belongs_to)
             done = pl_module.load_resume_state(path)
-            print(f"resuming from {path}: {done} frames already adapted")
+            log.info(f"resuming from {path}: {done} frames already adapted")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if "padding" not in batch and pl_module.frames_done % self.every == 0:

@@ -108,7 +108,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("render"):
         from cemr.viz.run import render_run
 
-        print(f"overlay video: {render_run(out_dir, cfg.overlay)}")
+        log.info(f"overlay video: {render_run(out_dir, cfg.overlay)}")
     if uses_wandb(cfg):
         from cemr.evaluation.run import evaluate_run
         from cemr.evaluation.wandb_media import publish_run

@@ -32,14 +32,9 @@ NUM_POSE_BASIS = 9 * (NUM_SMPL_JOINTS - 1)  # 207
 NUM_EXTRA_JOINTS = 9
 NUM_H36M_JOINTS = 17
 
-GENDERS = {
-    "neutral": "neutral",
-    "n": "neutral",
-    "male": "male",
-    "m": "male",
-    "female": "female",
-    "f": "female",
-}
+# The one gender table: the one-letter code prepared datasets store -> the body model's name.
+GENDER_CODES = {"n": "neutral", "m": "male", "f": "female"}
+GENDERS = {**{name: name for name in GENDER_CODES.values()}, **GENDER_CODES}  # what normalize_gender takes
 
 HOW_TO_GET_SMPL = (
     "Get the real model from https://smpl.is.tue.mpg.de and place SMPL_NEUTRAL.pkl, SMPL_MALE.pkl and "

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cemr.atomic import save_npz_atomic
+from cemr.body import GENDER_CODES
 from cemr.body.joints import NUM_OPENPOSE
 from cemr.data.keypoints import bbox_from_keypoints, to_j49
 from cemr.data.prepare import mark_prepared, start_or_skip
@@ -59,8 +60,6 @@ DYNABOA_TEST_ORDER = [
     "outdoors_fencing_01",
 ]
 GT_PELVIS = 14  # "Pelvis (MPII)" in the 24 GT joints
-_GENDERS = {"m": "m", "male": "m", "f": "f", "female": "f"}
-_BODY_GENDER = {"m": "male", "f": "female"}
 
 
 @dataclass
@@ -172,9 +171,9 @@ def load_sequence(path: str | Path) -> Sequence3DPW:
     frames = cam_poses.shape[0]
     genders = []
     for p, g in enumerate(_person_list(data, "genders", None, path)):
-        if not isinstance(g, str) or g.lower() not in _GENDERS:
+        if not isinstance(g, str) or g.lower() not in ("m", "male", "f", "female"):
             raise FileFormatError(f"{path}: key 'genders' person {p} is {g!r}, expected 'm' or 'f'")
-        genders.append(_GENDERS[g.lower()])
+        genders.append(g.lower()[0])
     people = len(genders)
     betas = []
     for p, b in enumerate(_person_list(data, "betas", people, path)):
@@ -266,7 +265,7 @@ class _GenderedBodies:
     def __call__(self, gender: str, pose: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(M, 72) pose, (M, 10) betas -> 49 joints (M, 49, 3) and SMPL root joint (M, 3), no translation."""
         if gender not in self.models:
-            self.models[gender] = self._load(gender=_BODY_GENDER[gender])
+            self.models[gender] = self._load(gender=GENDER_CODES[gender])
         model = self.models[gender]
         joints, roots = [], []
         for start in range(0, len(pose), self.chunk):

@@ -9,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cemr.body import GENDER_CODES
 from cemr.evaluation.metrics import accel_error
 from cemr.evaluation.protocol import M_TO_MM, joints14, score_frames
 from cemr.models.prediction import body_vertices
-
-GENDERS = {"m": "male", "f": "female", "n": "neutral"}
 
 
 @torch.no_grad()
@@ -39,7 +38,7 @@ def score_predictions(
     pred_verts = body_vertices(body_models["neutral"], pred_pose, pred_betas)
     gt_neutral = body_vertices(body_models["neutral"], gt_pose, gt_betas)
     gt_verts = gt_neutral.copy()
-    for code, name in GENDERS.items():
+    for code, name in GENDER_CODES.items():
         rows = np.flatnonzero(np.asarray(gt_gender) == code)
         if len(rows) and name != "neutral":
             gt_verts[rows] = body_vertices(body_models[name], gt_pose[rows], gt_betas[rows])

@@ -9,6 +9,7 @@ differences between configs, source only included), results.csv (per job) and pl
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from cemr.runtime import build_body_models, build_datamodule
 COLUMNS = OVERALL_METRICS
 SNAPSHOT_COUNT = "snapshot_frames"  # a count, not an error: left out of the builds report
 SOURCE_LABEL = "source only"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,7 +112,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.render:
         from cemr.viz.run import render_run
 
-        print(f"overlay video: {render_run(run_dir, cfg.overlay)}")
+        log.info(f"overlay video: {render_run(run_dir, cfg.overlay)}")
     return metrics
 
 

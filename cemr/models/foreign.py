@@ -12,6 +12,7 @@ instead of pretraining one (train.py fits the source model's P against it).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +34,8 @@ from cemr.models.checkpoints import (
 # backbone keys that are not the model class's parameters: where its weights come from, how it trains
 NON_MODEL_KEYS = ("weights", "weights_format", "init_from", "frozen", "source_epochs")
 LOADERS = {"spin": load_spin_checkpoint, "dynaboa": load_dynaboa_checkpoint, "vibe": load_vibe_checkpoint}
+
+log = logging.getLogger(__name__)
 
 
 def model_config(backbone: DictConfig) -> DictConfig:
@@ -56,7 +59,7 @@ def build_backbone(backbone: DictConfig) -> nn.Module:
     """The configured model, with `backbone.weights` loaded into it when set (report printed)."""
     model = build_model(OmegaConf.to_container(model_config(backbone)))
     if backbone.get("weights"):
-        print(load_foreign_weights(model, backbone))
+        log.info(load_foreign_weights(model, backbone))
     return model
 
 
@@ -104,7 +107,7 @@ def build_video_encoder(video_encoder: DictConfig) -> nn.Module:
         raise CheckpointError(
             f"video_encoder.weights={path} does not fit video_encoder={video_encoder.name}:\n{report}"
         )
-    print(report)
+    log.info(report)
     return encoder
 
 

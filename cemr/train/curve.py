@@ -9,6 +9,7 @@ fall with the epochs.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import lightning as L
@@ -16,6 +17,8 @@ import numpy as np
 
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.models.prediction import predict_frames
+
+log = logging.getLogger(__name__)
 
 
 class SubsetFrames:
@@ -80,4 +83,4 @@ class LearningCurve(L.Callback):
             for name in self.splits
         )
         sizes = ", ".join(f"{name} {len(subset)} frames" for name, subset in self.splits.items())
-        print(f"epoch {epoch:3d}: {parts} mm ({sizes})")
+        log.info(f"epoch {epoch:3d}: {parts} mm ({sizes})")

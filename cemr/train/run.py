@@ -92,7 +92,7 @@ def check_outputs(cfg: DictConfig) -> None:
     path = Path(cfg.training[key])
     smoke = smoke_setting(cfg)
     if smoke:
-        print(f"smoke run ({smoke}): no checkpoint is written; {path} is left as it is")
+        log.info(f"smoke run ({smoke}): no checkpoint is written; {path} is left as it is")
     elif path.is_file() and not cfg.training.get("overwrite", False):
         raise FileExistsError(
             f"{path} (training.{key}) exists and this run would replace it; pass training.overwrite=true "
@@ -132,7 +132,7 @@ def check_missing_checkpoint(cfg: DictConfig, key: str) -> None:
             f"checkpoint {path} (training.{key}) not found; check the path, or train it first with "
             f"`{command} training.{key}={path}`"
         )
-    print(
+    log.info(
         f"checkpoint {path} (training.{key}, the config's default) is missing: building it now on first "
         f"use, as `{command}` would (for the embedded default's source model: about 30 min on 2 CPU cores)"
     )
@@ -152,7 +152,7 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
     data = build_datamodule(cfg, batch_size=cfg.training.batch_size, augment=spin_augment(cfg.training))
     model = build_backbone(cfg.backbone)
     if cfg.backbone.get("init_from"):
-        print(init_from_source_model(model, cfg.backbone))
+        log.info(init_from_source_model(model, cfg.backbone))
     for name in cfg.backbone.get("frozen") or []:
         getattr(model, name).requires_grad_(False)
     module = SourceModule(
@@ -179,10 +179,10 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
         align_head = fit_align_head(cfg, model, data.source, load_video_encoder(cfg, encoder))
         extra = {"align_head": align_head.state_dict()}
         if smoke:
-            print(f"smoke run ({smoke}): source model not saved")
+            log.info(f"smoke run ({smoke}): source model not saved")
         else:
             save_checkpoint(path, model, model_config(cfg.backbone), extra=extra)
-            print(f"source model saved to {path}")
+            log.info(f"source model saved to {path}")
     trainer.strategy.barrier("source checkpoint saved")
     if smoke:
         config = OmegaConf.to_container(model_config(cfg.backbone), resolve=True)
@@ -294,12 +294,12 @@ def train_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
     trainer.fit(module, loader)
     smoke = smoke_setting(cfg)
     if smoke:
-        print(f"smoke run ({smoke}): video encoder not saved")
+        log.info(f"smoke run ({smoke}): video encoder not saved")
         return encoder
     path = Path(cfg.training.video_encoder_checkpoint)
     if trainer.is_global_zero:
         save_checkpoint(path, encoder, model_config(cfg.video_encoder))
-        print(f"video encoder saved to {path}")
+        log.info(f"video encoder saved to {path}")
     trainer.strategy.barrier("video encoder saved")
     return None
 
@@ -327,7 +327,7 @@ def fit_align_head(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    print(f"projection head P: alignment 1 - cos = {loss.item():.4f} on {len(features)} source clips")
+    log.info(f"projection head P: alignment 1 - cos = {loss.item():.4f} on {len(features)} source clips")
     return head
 
 
@@ -342,7 +342,7 @@ def evaluate_source(cfg: DictConfig, model: torch.nn.Module) -> dict[str, float]
         errors = score_dataset(predict_frames(model, frames), frames, body_models, regressor)
         for key, value in summarize_errors(errors).items():
             metrics[f"{name}_{key}"] = value
-        print(
+        log.info(
             f"source model on {name:11s}: MPJPE {metrics[f'{name}_mpjpe']:6.1f}  "
             f"PA-MPJPE {metrics[f'{name}_pa_mpjpe']:6.1f}  PVE {metrics[f'{name}_pve']:6.1f} mm"
         )

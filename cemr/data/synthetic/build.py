@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from cemr.atomic import remove_leftovers, write_npz
-from cemr.body import BodyModel, load_body_model
+from cemr.body import GENDER_CODES, BodyModel, load_body_model
 from cemr.data.synthetic.domains import DOMAINS
 from cemr.data.synthetic.keypoints import KeypointNoise
 from cemr.data.synthetic.motions import FAMILIES
@@ -59,7 +59,7 @@ SPLITS = ("source_train", "source_test", "target_test")
 SOURCE_SPLITS = SPLITS[:2]
 TARGET_ONLY_SETTINGS = ("seed", "target_sequences", "target_image_size", "target_families")
 META = "meta.json"
-GENDERS = {"m": "male", "f": "female"}
+GENDERS = {code: name for code, name in GENDER_CODES.items() if name != "neutral"}  # the rendered people
 # The source covers every motion family (as Human3.6M covers 3DPW's motions); the target is a
 # 3DPW-like mix, mostly walking. Sequence k of a domain has family k modulo the list.
 SOURCE_FAMILY_NAMES = tuple(FAMILIES)
