@@ -165,16 +165,25 @@ class Kill(L.Callback):
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_equals_an_uninterrupted_run(parts, tmp_path):
-    stream = Stream([(0, 0)] * 4 + [(1, 0)] * 3)
+@pytest.mark.parametrize(
+    "model,tracks,every,kill_at",
+    [
+        ("hmr", [(0, 0)] * 4 + [(1, 0)] * 3, 2, 5),
+        # VIBE, killed mid-track: the cached features of frames 2-4 must come back with the state
+        ("vibe", [(0, 0)] * 6 + [(1, 0)] * 3, 5, 6),
+    ],
+)
+def test_resume_after_a_kill_equals_an_uninterrupted_run(parts, tmp_path, model, tracks, every, kill_at):
+    make = {"hmr": make_module, "vibe": make_vibe_module}[model]
+    stream = Stream(tracks)
     cfg = adapter_cfg(levels=3)
-    full = stream_through(make_module(parts, cfg), stream).predictions()
+    full = stream_through(make(parts, cfg), stream).predictions()
     state = tmp_path / "adapt_state.pt"
     with pytest.raises(RuntimeError, match="killed"):
-        stream_through(make_module(parts, cfg), stream, callbacks=[StreamCheckpoint(state, 2), Kill(5)])
-    resumed = make_module(parts, cfg)
+        stream_through(make(parts, cfg), stream, callbacks=[StreamCheckpoint(state, every), Kill(kill_at)])
+    resumed = make(parts, cfg)
     done = resumed.load_resume_state(state)
-    assert done == 4  # the last checkpoint before the kill at frame 5
+    assert done == (kill_at - 1) // every * every  # the last checkpoint before the kill
     loader = remaining_stream(DataLoader(stream, batch_size=1), done)
     stream_through(resumed, stream, loader=loader)
     for key, value in full.items():
@@ -289,19 +298,3 @@ def test_levels_two_and_three_adapt_the_trunk_gru_and_regressor_of_a_sequence_mo
     for key in ("trunk.conv1.weight", "encoder.gru.weight_hh_l0", "regressor.decpose.weight"):
         assert not torch.equal(before[key], after[key]), key
     assert module.counters["clip_steps"] == 2 and module.counters["skipped_steps"] == 0
-
-
-@pytest.mark.slow
-def test_a_sequence_models_stream_resumes_after_a_kill_as_if_uninterrupted(parts, tmp_path):
-    stream = Stream([(0, 0)] * 6 + [(1, 0)] * 3)
-    cfg = adapter_cfg(levels=3)
-    full = stream_through(make_vibe_module(parts, cfg), stream).predictions()
-    state = tmp_path / "adapt_state.pt"
-    with pytest.raises(RuntimeError, match="killed"):
-        stream_through(make_vibe_module(parts, cfg), stream, callbacks=[StreamCheckpoint(state, 5), Kill(6)])
-    resumed = make_vibe_module(parts, cfg)
-    done = resumed.load_resume_state(state)
-    assert done == 5  # mid-track: the cached features of frames 2-4 must come back with it
-    stream_through(resumed, stream, loader=remaining_stream(DataLoader(stream, batch_size=1), done))
-    for key, value in full.items():
-        assert torch.equal(value, resumed.predictions()[key]), key
