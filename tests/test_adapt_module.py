@@ -298,3 +298,15 @@ def test_levels_two_and_three_adapt_the_trunk_gru_and_regressor_of_a_sequence_mo
     for key in ("trunk.conv1.weight", "encoder.gru.weight_hh_l0", "regressor.decpose.weight"):
         assert not torch.equal(before[key], after[key]), key
     assert module.counters["clip_steps"] == 2 and module.counters["skipped_steps"] == 0
+
+
+def test_the_optimizers_are_built_from_the_config(parts):
+    cfg = adapter_cfg(levels=3)
+    cfg.outer.lr, cfg.clip.lr, cfg.outer.betas = 2e-4, 5e-5, [0.8, 0.95]
+    outer, clip = make_module(parts, cfg).configure_optimizers()
+    assert type(outer) is torch.optim.Adam and type(clip) is torch.optim.Adam
+    assert outer.param_groups[0]["lr"] == 2e-4 and clip.param_groups[0]["lr"] == 5e-5
+    assert list(outer.param_groups[0]["betas"]) == list(clip.param_groups[0]["betas"]) == [0.8, 0.95]
+    cfg.outer.optimizer = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": "${..lr}", "momentum": 0.9}
+    outer, _ = make_module(parts, cfg).configure_optimizers()
+    assert type(outer) is torch.optim.SGD and outer.param_groups[0]["lr"] == 2e-4

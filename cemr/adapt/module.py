@@ -28,6 +28,7 @@ import learn2learn as l2l
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from learn2learn.algorithms.maml import maml_update
 from torch import nn
 
@@ -97,12 +98,8 @@ class AdaptationModule(L.LightningModule):
     # ------------------------------------------------------------------ plumbing
 
     def configure_optimizers(self):
-        outer = torch.optim.Adam(
-            self.model.parameters(), lr=self.cfg.outer.lr, betas=tuple(self.cfg.outer.betas)
-        )
-        clip = torch.optim.Adam(
-            self.model.parameters(), lr=self.cfg.clip.lr, betas=tuple(self.cfg.outer.betas)
-        )
+        outer = instantiate(self.cfg.outer.optimizer)(self.model.parameters())
+        clip = instantiate(self.cfg.clip.optimizer)(self.model.parameters())
         return [outer, clip]
 
     def on_train_start(self) -> None:

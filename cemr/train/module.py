@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from cemr.models.losses import labelled_objective
@@ -35,7 +36,7 @@ class SourceModule(L.LightningModule):
 
     def configure_optimizers(self):
         trained = [p for p in self.model.parameters() if p.requires_grad]  # less backbone.frozen
-        optimizer = torch.optim.AdamW(trained, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        optimizer = instantiate(self.cfg.optimizer)(trained)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, self.trainer.max_epochs)
         )
