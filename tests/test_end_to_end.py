@@ -351,10 +351,11 @@ def test_adapting_the_committed_source_model_lowers_its_error_on_the_wild_target
     assert metrics["pa_mpjpe"] < 1.05 * metrics["source_pa_mpjpe"]
 
 
-@pytest.mark.parametrize("levels", [0, 1, 2, 3])
-def test_vibe_small_adapts_end_to_end_at_every_level(workspace, levels):
+@pytest.mark.parametrize("levels", [0, 3])
+def test_vibe_small_adapts_end_to_end(workspace, levels):
     """backbone=vibe_small: its source model is built on first use from the workspace's HMR (trunk and
-    regressor, trunk frozen), then adapted as a causal online model."""
+    regressor, trunk frozen), then adapted as a causal online model (levels 1-2 on a stream:
+    tests/test_adapt_module.py)."""
     root, _ = workspace
     name = f"vibe_small_l{levels}"
     metrics = adapt_run(adapt_cfg(root, name, ["backbone=vibe_small", f"adapter.levels={levels}"]))
