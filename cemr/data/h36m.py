@@ -23,6 +23,7 @@ from cemr.atomic import save_npz_atomic, write_image_atomic
 from cemr.body.joints import H36M32_TO_J24_SOURCE, H36M32_TO_J24_TARGET
 from cemr.data.keypoints import bbox_from_keypoints
 from cemr.data.prepare import mark_prepared, start_or_skip
+from cemr.data.validate import without_smpl
 from cemr.data.video import read_video
 from cemr.safe_io import FileFormatError, load_npz
 
@@ -140,10 +141,7 @@ def sequence_rows(
         "imgname": np.array(imgnames),
         "center": center,
         "scale": scale,
-        "pose": np.zeros((m, 72)),
-        "shape": np.zeros((m, 10)),
-        "has_smpl": np.zeros(m),
-        "gender": np.full(m, "n"),
+        **without_smpl(m),
         "S": s24,
         "part": place_gt_joints(pose2d[frames]),
         "openpose": np.zeros((m, 25, 3)),

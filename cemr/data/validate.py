@@ -34,6 +34,18 @@ SHAPES: dict[str, tuple | None] = {
     "focal": (),
 }
 REQUIRED = ("imgname", "center", "scale")
+
+
+def without_smpl(rows: int) -> dict[str, np.ndarray]:
+    """The SMPL keys of rows that have no SMPL ground truth (Human3.6M's raw mocap, a user's video)."""
+    return {
+        "pose": np.zeros((rows, 72)),
+        "shape": np.zeros((rows, 10)),
+        "has_smpl": np.zeros(rows),
+        "gender": np.full(rows, "n"),
+    }
+
+
 KEYPOINT_KEYS = ("part", "openpose", "keypoints_detected")
 # numpy dtype kinds each key may have: U str, b bool, i/u integers, f floats
 _KINDS = {"imgname": "U", "gender": "U", "seq": "Uiu", "person": "iu", "frame": "iu"}

@@ -18,6 +18,7 @@ import numpy as np
 from cemr.atomic import save_npz_atomic, write_image_atomic
 from cemr.data.keypoints import Detection, bbox_from_keypoints, read_keypoints, track_by_overlap
 from cemr.data.prepare import mark_prepared, start_or_skip
+from cemr.data.validate import without_smpl
 from cemr.safe_io import FileFormatError
 
 log = logging.getLogger(__name__)
@@ -185,10 +186,7 @@ def prepare_video(
         "imgname": np.array([f"frames/{det.frame:06d}.jpg" for _, det in rows]),
         "center": center,
         "scale": scale,
-        "pose": np.zeros((n, 72)),
-        "shape": np.zeros((n, 10)),
-        "has_smpl": np.zeros(n),
-        "gender": np.full(n, "n"),
+        **without_smpl(n),
         "part": np.zeros((n, 24, 3)),
         "openpose": keypoints[:, :25].copy(),
         "keypoints_detected": keypoints,
