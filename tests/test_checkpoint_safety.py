@@ -10,6 +10,7 @@ import torch
 
 from cemr.models import (
     HMR,
+    VIBE,
     CheckpointError,
     VideoEncoder,
     load_checkpoint,
@@ -192,12 +193,19 @@ def test_non_finite_weights_are_refused_by_the_foreign_loaders(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())  # nothing was copied
 
 
-@pytest.mark.parametrize("name", ["hmr_small_synthetic_seed0.ckpt", "videomae_tiny_synthetic_seed0.ckpt"])
-def test_the_committed_checkpoints_still_load(tmp_path, mean_params, name):
-    overrides = {"mean_params": str(mean_params)} if name.startswith("hmr") else {}
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("hmr_small_synthetic_seed0.ckpt", HMR),
+        ("vibe_small_synthetic_seed0.ckpt", VIBE),
+        ("videomae_tiny_synthetic_seed0.ckpt", VideoEncoder),
+    ],
+)
+def test_the_committed_checkpoints_still_load(tmp_path, mean_params, name, kind):
+    overrides = {"mean_params": str(mean_params)} if kind is not VideoEncoder else {}
     loaded = load_checkpoint(REPO / "checkpoints" / name, **overrides)
     assert loaded.report.ok and loaded.report.loaded
-    assert type(loaded.model) is (HMR if name.startswith("hmr") else VideoEncoder)
+    assert type(loaded.model) is kind
 
 
 def test_a_checkpoint_never_makes_timm_download(tmp_path):
