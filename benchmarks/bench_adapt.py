@@ -49,6 +49,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -308,7 +309,7 @@ def build_module(cfg: DictConfig, body: nn.Module, prior: nn.Module, counts: Cou
     if plan.video_align:
         video_encoder = build_video_encoder(cfg.video_encoder)
         align_head = nn.Linear(model.trunk.num_features, cfg.video_encoder.embed_dim)
-    return AdaptationModule(
+    return instantiate(cfg.adapter.module)(
         model,
         body,
         prior,

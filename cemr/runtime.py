@@ -181,6 +181,11 @@ def build_body_models(body_cfg: DictConfig) -> dict:
 
 
 def build_datamodule(cfg: DictConfig, **overrides):
+    """The `datamodule` node instantiated (`overrides`, e.g. batch_size and augment, win). A config
+    saved by a version before that node existed (an old run dir's config.yaml) is read from `dataset`."""
+    if "datamodule" in cfg:
+        # partial first: instantiate() would turn a dataclass override (SpinAugment) into a config
+        return instantiate(cfg.datamodule, _partial_=True)(**overrides)
     from cemr.data.datamodule import CEMRDataModule
 
     return CEMRDataModule.from_config(cfg.dataset, **{"seed": cfg.seed, **overrides})

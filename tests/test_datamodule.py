@@ -6,8 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from cemr.data.augment import SpinAugment
 from cemr.data.datamodule import CEMRDataModule, PreparedDataset, Track, TrackSampler, shard_sequences
+from cemr.runtime import build_datamodule
 from cemr.safe_io import FileFormatError
 from tests.conftest import compose_config
 
@@ -205,16 +208,37 @@ def test_shard_sequences_partitions_whole_sequences_without_duplicates():
         shard_sequences(tracks, 2, 2)
 
 
-def test_from_config_reads_the_dataset_yaml(tmp_path):
-    cfg = compose_config("adapt", ["dataset=3dpw", f"paths.data_dir={tmp_path}", "dataset.num_workers=0"])
-    dm = CEMRDataModule.from_config(cfg.dataset, batch_size=2)
-    assert (dm.root, dm.img_root) == (tmp_path / "prepared" / "3dpw", tmp_path / "3DPW")
-    assert (dm.source_split, dm.target_split, dm.keypoints, dm.batch_size) == ("train", "test", "gt", 2)
-    assert dm.crop_size == cfg.backbone.crop_size
-    video = CEMRDataModule.from_config(compose_config("adapt", ["dataset=video"]).dataset)
-    assert video.source_split is None and video.keypoints == "detected"
-    with pytest.raises(ValueError, match="has no source split"):
-        video.train_dataloader()
+def datamodule_settings(dm) -> tuple:
+    return (dm.root, dm.img_root, dm.source_split, dm.target_split, dm.keypoints, dm.crop_size,
+            dm.batch_size, dm.num_workers, dm.noise_std, dm.seed, dm.augment)  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset", ["3dpw", "h36m", "video", "synthetic"])
+def test_the_datamodule_node_reads_the_dataset_yaml(tmp_path, dataset):
+    """build_datamodule instantiates `datamodule` (its _target_ can be swapped); a config saved before
+    that node existed (an old run's config.yaml) gives the same datamodule from `dataset`."""
+    over = [f"dataset={dataset}", f"paths.data_dir={tmp_path}", "dataset.num_workers=0", "seed=3"]
+    cfg = compose_config("adapt", over)
+    augment = SpinAugment()
+    dm = build_datamodule(cfg, batch_size=2, augment=augment)
+    assert type(dm) is CEMRDataModule and dm.augment is augment  # passed through, not turned into a config
+    legacy = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "datamodule"])
+    old = build_datamodule(legacy, batch_size=2, augment=augment)
+    assert datamodule_settings(old) == datamodule_settings(dm)
+    assert (dm.crop_size, dm.batch_size, dm.seed) == (cfg.backbone.crop_size, 2, 3)
+    if dataset == "3dpw":
+        assert (dm.root, dm.img_root) == (tmp_path / "prepared" / "3dpw", tmp_path / "3DPW")
+        assert (dm.source_split, dm.target_split, dm.keypoints) == ("train", "test", "gt")
+    if dataset == "video":
+        assert dm.source_split is None and dm.keypoints == "detected"
+        with pytest.raises(ValueError, match="has no source split"):
+            dm.train_dataloader()
+    cfg.datamodule._target_ = f"{__name__}.OtherDataModule"
+    assert type(build_datamodule(cfg)) is OtherDataModule
+
+
+class OtherDataModule(CEMRDataModule):
+    pass
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -13,6 +13,7 @@ from cemr.adapt.module import AdaptationModule
 from cemr.adapt.run import run as adapt_run
 from cemr.evaluation.run import run as evaluate_run
 from cemr.runtime import build_datamodule
+from cemr.train.module import SourceModule
 from cemr.train.run import run as train_run
 from tests.conftest import REPO, TINY, compose_config
 
@@ -317,12 +318,37 @@ def test_train_resumes_at_the_step_it_stopped(workspace):
     assert second["global_step"] == 2 * first["global_step"]  # one more epoch of the same length
 
 
-def test_train_fast_dev_run(tmp_path):
+class CountingSourceModule(SourceModule):
+    steps = 0
+
+    def training_step(self, batch, batch_idx):
+        CountingSourceModule.steps += 1
+        return super().training_step(batch, batch_idx)
+
+
+class CountingAdaptationModule(AdaptationModule):
+    frames = 0
+
+    def training_step(self, batch, batch_idx):
+        CountingAdaptationModule.frames += 1
+        return super().training_step(batch, batch_idx)
+
+
+def test_train_fast_dev_run_with_the_module_of_the_config(tmp_path):
     overrides = [f"paths.data_dir={tmp_path / 'data'}", f"paths.checkpoint_dir={tmp_path / 'ckpt'}", *TINY]
-    cfg = compose_config("train", [*overrides, "trainer.fast_dev_run=true"], tmp_path / "out")
+    swapped = f"training.module._target_={__name__}.CountingSourceModule"
+    cfg = compose_config("train", [*overrides, "trainer.fast_dev_run=true", swapped], tmp_path / "out")
     metrics = train_run(cfg)
     assert not (tmp_path / "ckpt").exists()  # a smoke run writes no checkpoint
     assert np.isfinite(metrics["target_pa_mpjpe"])
+    assert CountingSourceModule.steps == 1  # fast_dev_run: one batch, through training.module
+
+
+def test_adapt_streams_through_the_module_of_the_config(workspace):
+    root, _ = workspace
+    swapped = f"adapter.module._target_={__name__}.CountingAdaptationModule"
+    metrics = adapt_run(adapt_cfg(root, "swapped_module", ["adapter.levels=1", swapped]))
+    assert CountingAdaptationModule.frames == metrics["frames"] == 32
 
 
 def test_adapting_the_committed_source_model_lowers_its_error_on_the_wild_target(tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cemr.adapt.module import AdaptationModule
 from cemr.adapt.parallel import adaptation_strategy, gather_predictions
 from cemr.adapt.plan import Plan
 from cemr.adapt.resume import StreamCheckpoint, TargetStream, check_stream_state
@@ -217,7 +217,7 @@ def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: 
         replay = (None, data.source)
     from cemr.body import MaxMixturePrior
 
-    module = AdaptationModule(
+    module = instantiate(ad.module)(
         source.model,
         body_model,
         MaxMixturePrior.from_file(cfg.body.gmm),

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -34,7 +35,6 @@ from cemr.runtime import (
     seed_everything,
 )
 from cemr.train.curve import LearningCurve
-from cemr.train.module import SourceModule, VideoMAEModule
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,7 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
         log.info(init_from_source_model(model, cfg.backbone))
     for name in cfg.backbone.get("frozen") or []:
         getattr(model, name).requires_grad_(False)
-    module = SourceModule(
-        model, build_body_model(cfg.body), cfg.training, cfg.focal_length, cfg.backbone.crop_size
-    )
+    module = instantiate(cfg.training.module)(model, build_body_model(cfg.body), cfg.training)
     smoke = smoke_setting(cfg)
     callbacks = (
         [] if smoke else [ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", save_last=True)]
@@ -287,9 +285,7 @@ def train_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
         generator=torch.Generator().manual_seed(cfg.seed),
         num_workers=cfg.training.num_workers,
     )
-    module = VideoMAEModule(
-        VideoMAEPretrainer.from_encoder(encoder, mask_ratio=vm.mask_ratio), vm.lr, cfg.seed
-    )
+    module = instantiate(vm.module)(VideoMAEPretrainer.from_encoder(encoder, mask_ratio=vm.mask_ratio))
     trainer = build_trainer(cfg, "videomae", max_epochs=vm.max_epochs, enable_checkpointing=False)
     trainer.fit(module, loader)
     smoke = smoke_setting(cfg)
