@@ -24,6 +24,12 @@ CPU the growth of the peak RSS over the RSS at the row's start, on CUDA max_memo
 adapter.levels=0 has no step: the module clones the model and predicts each frame once under
 no_grad (adapt.py itself does not stream at level 0: it scores the source model's predictions).
 
+--breakdown streams the default config (or --breakdown-row OVERRIDE) under cProfile and splits each
+frame's time into parts that do not overlap: backward passes; model forwards (the trunk among them);
+decoding into the body model; the video encoder; the losses; the optimiser steps; the MAML clone, its
+gradient clipping and update; the teacher's EMA; scoring and recording the frame for the progress bar;
+Lightning's logging; and the rest (Python glue). cProfile slows Python-heavy parts more than kernels.
+
 --memory streams max(--memory-frames) frames at the config's default level once and, when the stream
 reaches each of those lengths, prints the peak memory so far, the memory held then (same scale) and
 the ms/frame since the previous length: flat means that nothing but the per-frame records (about 1 KB
@@ -412,6 +418,76 @@ def memory_run(args, setup: dict, counts: Counts) -> dict:
     return {"levels": int(cfg.adapter.levels), "memory": marks}
 
 
+# (file suffix, function) of the cumulative times --breakdown reads. A part's own time is its
+# functions' total less that of the functions in NESTED[part], which run inside them and are counted
+# by another part.
+GRAD = ("torch/autograd/__init__.py", "grad")
+DECODE = ("cemr/models/prediction.py", "decode")
+LOG = ("lightning/pytorch/core/module.py", "log")
+PARTS = {
+    "backward passes": [("torch/autograd/__init__.py", "backward"), GRAD],
+    "model forwards": [("cemr/adapt/module.py", "predict_body")],
+    "  of which the trunk": [("cemr/models/hmr.py", "pooled_trunk_features")],
+    "decoding (body model, projection)": [DECODE],
+    "video encoder": [("cemr/models/video_encoder.py", "forward_tokens")],
+    "losses": [
+        ("cemr/adapt/levels.py", "frame_objective"),
+        ("cemr/adapt/levels.py", "clip_objective"),
+        ("cemr/adapt/levels.py", "video_align"),
+        ("cemr/models/losses.py", "teacher_consistency"),
+        ("cemr/models/losses.py", "motion_consistency"),
+        ("cemr/models/losses.py", "emitted_smoothness"),
+        ("cemr/adapt/module.py", "_replay_loss"),
+    ],
+    "optimiser steps": [("torch/optim/adam.py", "step")],
+    "MAML clone, clipping, update": [
+        ("learn2learn/algorithms/maml.py", "clone"),
+        ("cemr/adapt/module.py", "_inner_step"),
+    ],
+    "teacher EMA": [("cemr/adapt/teacher.py", "ema_update")],
+    "progress-bar score, record": [("cemr/adapt/module.py", "_record")],
+    "Lightning logging": [LOG],
+}
+NESTED = {
+    "model forwards": [DECODE],
+    "MAML clone, clipping, update": [GRAD],  # the inner step's torch.autograd.grad
+    "progress-bar score, record": [LOG],
+}
+
+
+def breakdown(args, setup: dict, counts: Counts) -> dict:
+    """ms per frame of each part of PARTS, under cProfile, for one row."""
+    import cProfile
+    import pstats
+
+    cfg = compose_adapt(args.backbone, setup["data_dir"], args.breakdown_row)
+    module = build_module(cfg, setup["body"], setup["prior"], counts)
+    profile = cProfile.Profile()
+    profile.enable()
+    stream(
+        args, module, RandomFrames(args.frames, setup["crop"]), Probe(counts, setup["device"], args.warmup)
+    )
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # (file, line, function) -> (calls, calls, own, cumulative, callers)
+
+    def cumulative(functions) -> float:
+        return sum(
+            row[3]
+            for (file, _, name), row in stats.items()
+            if any(file.endswith(suffix) and name == fn for suffix, fn in functions)
+        )
+
+    frames = args.frames  # cProfile covers every frame, the warm-up ones too
+    total = cumulative([("cemr/adapt/module.py", "training_step")]) / frames
+    parts = {p: (cumulative(fns) - cumulative(NESTED.get(p, []))) / frames for p, fns in PARTS.items()}
+    parts["the rest"] = total - sum(v for p, v in parts.items() if not p.startswith("  "))
+    label = args.breakdown_row or f"adapter.levels={cfg.adapter.levels} (default)"
+    print(f"where a frame's time goes: {label}, {frames} frames under cProfile, {1000 * total:.1f} ms/frame")
+    for part, seconds in parts.items():
+        print(f"  {part:<36} {1000 * seconds:>8.1f} ms  {100 * seconds / total:>5.1f} %")
+    return {"row": label, "ms_per_frame": 1000 * total, "parts_ms": {p: 1000 * v for p, v in parts.items()}}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -425,6 +501,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--memory", action="store_true", help="memory vs stream length instead of the table")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="where a frame's time goes, instead of the table"
+    )
+    parser.add_argument(
+        "--breakdown-row", help="--breakdown: an override, e.g. experiment=dynaboa (default config)"
+    )
     parser.add_argument(
         "--memory-frames",
         type=lambda s: [int(n) for n in s.split(",")],
@@ -480,7 +562,8 @@ def main(argv=None) -> None:
     if args.memory:
         del meta["frames"]
     print(" ".join(f"{k}={v}" for k, v in meta.items()), flush=True)
-    result = memory_run(args, setup, counts) if args.memory else table(args, setup, counts)
+    run = memory_run if args.memory else breakdown if args.breakdown else table
+    result = run(args, setup, counts)
     if args.json:
         args.json.write_text(json.dumps({**meta, **result}, indent=2) + "\n")
         print(f"written: {args.json}")

@@ -178,6 +178,29 @@ def test_ema_update_maths_and_buffers():
     assert torch.equal(teacher.running_mean, torch.tensor([7.0, 8.0]))
     with pytest.raises(ValueError, match="momentum"):
         ema_update(teacher, student, 1.5)
+    with pytest.raises(ValueError, match="teacher has 2 parameters, the student 3"):
+        ema_update(teacher, _three_parameters(), 0.5)
+
+
+def _three_parameters() -> nn.Module:
+    holder = nn.Module()
+    holder.a, holder.b, holder.c = (nn.Parameter(torch.zeros(2)) for _ in range(3))
+    return holder
+
+
+def test_ema_update_is_bitwise_the_per_tensor_formula():
+    """The foreach update does the per-tensor arithmetic m * teacher + (1 - m) * student exactly."""
+    torch.manual_seed(0)
+    student, teacher = (
+        nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3)),
+        nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3)),
+    )
+    expected = [
+        t.detach().clone().mul_(0.3).add_(s.detach(), alpha=0.7)
+        for t, s in zip(teacher.parameters(), student.parameters(), strict=True)
+    ]
+    ema_update(teacher, student, momentum=0.3)
+    assert all(torch.equal(t, e) for t, e in zip(teacher.parameters(), expected, strict=True))
 
 
 def test_kmeans_separates_blobs_and_bank_retrieves_from_the_nearest_cluster():

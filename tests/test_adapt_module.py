@@ -310,3 +310,55 @@ def test_the_optimizers_are_built_from_the_config(parts):
     cfg.outer.optimizer = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": "${..lr}", "momentum": 0.9}
     outer, _ = make_module(parts, cfg).configure_optimizers()
     assert type(outer) is torch.optim.SGD and outer.param_groups[0]["lr"] == 2e-4
+
+
+class RecordingLogger(L.pytorch.loggers.Logger):
+    """Keeps every (step, metrics) the trainer writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    name, version = "recording", 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.records.append((step, dict(metrics)))
+
+
+def logged_stream(parts, monkeypatch, log_everything: bool):
+    if log_everything:
+        monkeypatch.setattr(AdaptationModule, "_logs_this_step", lambda self: True)
+    calls, log = [], AdaptationModule.log
+    monkeypatch.setattr(
+        AdaptationModule, "log", lambda self, name, *a, **k: calls.append(name) or log(self, name, *a, **k)
+    )
+    logger = RecordingLogger()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=logger,
+        log_every_n_steps=3,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(make_module(parts, adapter_cfg(levels=3)), DataLoader(Stream([(0, 0)] * 8), batch_size=1))
+    monkeypatch.undo()
+    return logger.records, len(calls)
+
+
+def test_values_are_logged_only_on_the_steps_the_loggers_write_and_they_get_the_same(parts, monkeypatch):
+    """Logging every frame's parts and counters costs a sync and Lightning's bookkeeping per value; the
+    module skips the frames whose values the loggers would drop, and the loggers see the same records."""
+    gated, gated_calls = logged_stream(parts, monkeypatch, log_everything=False)
+    everything, all_calls = logged_stream(parts, monkeypatch, log_everything=True)
+    assert gated == everything
+    assert gated_calls < all_calls / 2  # 2 of 8 frames' parts and counters, and the clip step's
+    written = [metrics for _, metrics in gated if "frame/keypoints_2d" in metrics]
+    assert len(written) == 2 and all("count/outer_steps" in m for m in written)  # frames 3 and 6 of 8
+    assert "clip/smoothness" in gated[-1][1]  # the clip step at frame 4 (stride 4) reaches the logger

@@ -253,6 +253,24 @@ def test_the_inner_gradient_is_clipped_to_max_grad_norm(parts):
     assert float(moved) == pytest.approx(1e-3 * 1e-3, rel=2e-3)  # lr x the clipped norm (float32 weights)
 
 
+def test_a_gradient_below_max_grad_norm_takes_the_raw_step_exactly(parts):
+    """Below the limit the gradient is not rescaled at all: the clone equals w - lr * g bit for bit."""
+    cfg = adapter_cfg(levels=1)
+    cfg.inner.lr, cfg.inner.steps, cfg.inner.max_grad_norm = 1e-3, 1, 1e30
+    module = make_module(parts, cfg)
+    module.model.eval()
+    stream = Stream([(0, 0)])
+    frame = {"img": stream.img[:1], "keypoints": stream.kp[:1]}
+    pred = module.predict_body(module.model, frame["img"])
+    loss, _ = levels.frame_objective(pred, frame["keypoints"], module.pose_prior, cfg.loss_weights)
+    params = list(module.model.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    clone, _ = module._adapted_clone(frame)
+    for after, before, grad in zip(clone.parameters(), params, grads, strict=True):
+        expected = before if grad is None else before + (-1e-3 * grad)
+        assert torch.equal(after, expected)
+
+
 def test_a_clone_thrown_off_by_its_step_is_never_emitted(parts):
     cfg = adapter_cfg(levels=1)
     cfg.inner.lr, cfg.inner.max_grad_norm = 1e30, None

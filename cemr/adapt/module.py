@@ -229,9 +229,11 @@ class AdaptationModule(L.LightningModule):
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
         max_norm = self.cfg.inner.max_grad_norm
         if max_norm:
-            norm = torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads))
+            squares = torch._foreach_pow([g.detach().float() for g in grads], 2)
+            norm = torch.sqrt(sum(s.sum() for s in squares))
             scale = (max_norm / (norm + 1e-12)).clamp(max=1.0)
-            grads = [g * scale.to(g.dtype) for g in grads]
+            if scale < 1.0:  # else g * 1 == g: a pass over every weight saved (and a zero gradient)
+                grads = torch._foreach_mul(grads, scale.to(grads[0].dtype))
         clone.module = maml_update(clone.module, clone.lr, grads)
 
     def _context_frame(self) -> dict[str, torch.Tensor] | None:
@@ -431,7 +433,8 @@ class AdaptationModule(L.LightningModule):
             self._pa_mpjpe_sum += self.frame_pa_mpjpe[-1]
             running = self._pa_mpjpe_sum / len(self.frame_pa_mpjpe)
             self.log("running_pa_mpjpe", running, on_step=True, prog_bar=True, batch_size=1)
-            self.log("frame_pa_mpjpe", self.frame_pa_mpjpe[-1], on_step=True, batch_size=1)
+            if self._logs_this_step():
+                self.log("frame_pa_mpjpe", self.frame_pa_mpjpe[-1], on_step=True, batch_size=1)
 
     @torch.no_grad()
     def _pa_mpjpe_mm(self, batch: dict[str, torch.Tensor], pred: BodyPrediction) -> float:
@@ -445,7 +448,15 @@ class AdaptationModule(L.LightningModule):
         errors = pa_mpjpe(joints14(pred.vertices, regressor), joints14(gt.vertices, regressor))
         return float(errors.mean()) * 1000.0
 
+    def _logs_this_step(self) -> bool:
+        """Whether the loggers write this step's values (every trainer.log_every_n_steps): a value logged
+        on another step is dropped, after costing a device sync and Lightning's bookkeeping."""
+        trainer = self._trainer
+        return trainer is None or trainer._logger_connector.should_update_logs
+
     def _log_parts(self, level: str, parts: dict[str, torch.Tensor]) -> None:
+        if level == "frame" and not self._logs_this_step():  # a clip step's, rare, stays until the next write
+            return
         for name, value in parts.items():
             value = float(value.detach())
             if math.isfinite(value):

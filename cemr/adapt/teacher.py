@@ -21,7 +21,12 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher = m * teacher + (1 - m) * student for parameters; buffers (e.g. BN statistics) are copied."""
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"teacher EMA momentum must lie in [0, 1], got {momentum}")
-    for p_t, p_s in zip(teacher.parameters(), student.parameters(), strict=True):
-        p_t.mul_(momentum).add_(p_s.detach(), alpha=1.0 - momentum)
-    for b_t, b_s in zip(teacher.buffers(), student.buffers(), strict=True):
-        b_t.copy_(b_s)
+    # one foreach kernel per operation instead of a Python loop over tensors; the same arithmetic
+    mine, theirs = list(teacher.parameters()), [p.detach() for p in student.parameters()]
+    if len(mine) != len(theirs):
+        raise ValueError(f"teacher has {len(mine)} parameters, the student {len(theirs)}")
+    torch._foreach_mul_(mine, momentum)
+    torch._foreach_add_(mine, theirs, alpha=1.0 - momentum)
+    buffers, source = list(teacher.buffers()), list(student.buffers())
+    if buffers:
+        torch._foreach_copy_(buffers, source)
