@@ -276,7 +276,7 @@ def test_a_sequence_model_predicts_each_frame_from_its_causal_window_in_the_stre
             assert torch.allclose(predicted[t], expected, atol=1e-5), t
 
 
-@pytest.mark.parametrize("levels", [1, pytest.param(2, marks=pytest.mark.slow), 3])
+@pytest.mark.parametrize("levels", [1] + [pytest.param(n, marks=pytest.mark.slow) for n in (2, 3)])
 def test_a_sequence_models_prediction_never_depends_on_later_frames(parts, levels):
     tracks = [(0, 0)] * 8
     stream, changed = Stream(tracks), Stream(tracks, seed=1)
@@ -340,14 +340,14 @@ def logged_stream(parts, monkeypatch, log_everything: bool):
         accelerator="cpu",
         max_epochs=1,
         logger=logger,
-        log_every_n_steps=3,
+        log_every_n_steps=2,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         inference_mode=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(make_module(parts, adapter_cfg(levels=3)), DataLoader(Stream([(0, 0)] * 8), batch_size=1))
+    trainer.fit(make_module(parts, adapter_cfg(levels=3)), DataLoader(Stream([(0, 0)] * 5), batch_size=1))
     monkeypatch.undo()
     return logger.records, len(calls)
 
@@ -358,7 +358,7 @@ def test_values_are_logged_only_on_the_steps_the_loggers_write_and_they_get_the_
     gated, gated_calls = logged_stream(parts, monkeypatch, log_everything=False)
     everything, all_calls = logged_stream(parts, monkeypatch, log_everything=True)
     assert gated == everything
-    assert gated_calls < all_calls / 2  # 2 of 8 frames' parts and counters, and the clip step's
+    assert gated_calls < all_calls * 3 / 4  # 2 of 5 frames' parts and counters, and the clip step's
     written = [metrics for _, metrics in gated if "frame/keypoints_2d" in metrics]
-    assert len(written) == 2 and all("count/outer_steps" in m for m in written)  # frames 3 and 6 of 8
+    assert len(written) == 2 and all("count/outer_steps" in m for m in written)  # frames 2 and 4 of 5
     assert "clip/smoothness" in gated[-1][1]  # the clip step at frame 4 (stride 4) reaches the logger
