@@ -277,3 +277,22 @@ def test_a_clone_thrown_off_by_its_step_is_never_emitted(parts):
     module = stream_through(make_module(parts, cfg), Stream([(0, 0)] * 2))
     assert module.counters["skipped_steps"] >= 1
     assert all(torch.isfinite(v).all() for v in module.predictions().values())
+
+
+def test_the_anchor_pulls_the_updated_weights_towards_the_source_model(parts):
+    """After frame 1's outer step, anchor a moves every weight from where the step left it a of the way
+    back to the source weights, exactly (a = 1: the source model again); level 1 has no anchor."""
+    stream = Stream([(0, 0)])
+    plain = stream_through(make_module(parts, adapter_cfg(levels=2)), stream)
+    half = stream_through(make_module(parts, adapter_cfg(levels=2, anchor=0.5)), stream)
+    full = stream_through(make_module(parts, adapter_cfg(levels=2, anchor=1.0)), stream)
+    source = make_module(parts, adapter_cfg(levels=2)).model.state_dict()
+    stepped, pulled = plain.model.state_dict(), half.model.state_dict()
+    moved = [k for k in source if not torch.equal(stepped[k], source[k])]
+    assert moved  # the step did move the weights
+    for k in moved:
+        assert torch.equal(pulled[k], torch.lerp(stepped[k], source[k], 0.5))
+        assert torch.equal(full.model.state_dict()[k], source[k])
+    assert Plan.from_config(adapter_cfg(levels=1, anchor=0.5)).anchor == 0.0
+    with pytest.raises(ValueError, match=r"adapter.anchor must lie in \[0, 1\], got 1.5"):
+        Plan.from_config(adapter_cfg(levels=2, anchor=1.5))

@@ -7,6 +7,7 @@ Per frame t (batch of one frame of one track); what runs is decided once by `Pla
      and the motion between them; replayed source samples), against the EMA teacher, and, at level 3,
      for the smoothness of its prediction after the ones already emitted; that loss updates the base
      weights (outer step), repeated while the head feature moved more than tau (dynamic stopping);
+     `anchor` then pulls the weights part of the way back to the source model's;
   3. clip: every `clip.stride` frames, a bilevel step on the track's last `clip.length` frames.
 Then the prediction for frame t is recorded: the clone's at level 1 (which never changes the base
 weights); at levels 2-3 the updated base model's (`emit: updated`, DynaBOA), the clone's that the
@@ -82,6 +83,7 @@ class AdaptationModule(L.LightningModule):
             if frozen is not None:
                 frozen.requires_grad_(False)
         self.source_state = copy.deepcopy(model.state_dict())
+        self._source_params: list[torch.Tensor] | None = None  # the anchor's, on the model's device
         self.seed = seed
         self.replay_generator = torch.Generator().manual_seed(seed)
         self.seq_len = getattr(model, "seq_len", None)  # a sequence model's causal window
@@ -394,6 +396,8 @@ class AdaptationModule(L.LightningModule):
                 break
             self.counters["outer_steps"] += 1
             self.counters["extra_steps"] += int(step > 0)
+            if self.plan.anchor:
+                self._pull_to_source()
             if self.teacher is not None:
                 ema_update(self.teacher, self.model, self.cfg.teacher.ema)
             if step == 0:
@@ -410,6 +414,14 @@ class AdaptationModule(L.LightningModule):
             with torch.no_grad():
                 return self.predict_body(self.teacher, frame["img"], [frame.get("past")])
         return emitted if self.plan.emit == "clone" and emitted is not None else after
+
+    @torch.no_grad()
+    def _pull_to_source(self) -> None:
+        """weights <- weights + anchor * (source weights - weights), for every parameter."""
+        params = list(self.model.parameters())
+        if self._source_params is None or self._source_params[0].device != params[0].device:
+            self._source_params = [self.source_state[n].to(p) for n, p in self.model.named_parameters()]
+        torch._foreach_lerp_(params, self._source_params, self.plan.anchor)
 
     def _finite_or(self, pred: BodyPrediction, fallback: BodyPrediction) -> BodyPrediction:
         """`pred`, or `fallback` (the base model's) where a clone's step made it non-finite (counted)."""

@@ -23,6 +23,7 @@ class Plan:
     context: bool  # the clone adapted on t is also scored on frame t-k's own L_frame
     replay: str | None  # retrieval of labelled source samples: pose | feature | random, or None
     replay_inner: bool  # source labels in the inner step too (BOA)
+    anchor: float  # after each outer step, weights <- weights + anchor * (source weights - weights); 0: off
     stopping: bool  # dynamic stopping: repeat the outer step while the feature moves more than tau
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames
     video_align: bool  # level 3's alignment with the frozen video encoder
@@ -51,6 +52,9 @@ class Plan:
             )
         if adapter.emit == "teacher" and outer and not adapter.teacher.enabled:
             raise ValueError("adapter.emit=teacher needs the mean teacher: set adapter.teacher.enabled=true")
+        anchor = float(adapter.get("anchor", 0.0))
+        if not 0.0 <= anchor <= 1.0:
+            raise ValueError(f"adapter.anchor must lie in [0, 1], got {adapter.anchor}")
         weights = adapter.loss_weights
         return cls(
             levels=levels,
@@ -61,6 +65,7 @@ class Plan:
             context=outer and bool(adapter.context.enabled),
             replay=replay,
             replay_inner=replay_inner,
+            anchor=anchor if outer else 0.0,
             stopping=outer and bool(adapter.stopping.enabled),
             clip=levels >= 3,
             video_align=levels >= 3 and weights.video_align > 0,
