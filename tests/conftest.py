@@ -14,6 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
 
 os.environ.setdefault("WANDB_MODE", "offline")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2 (the development loop): one thread per worker, or two workers of torch's two threads
+    # each fight over the two cores. Subprocesses that tests start inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 # Tests never write into (or read) the committed checkpoints of the embedded default.
 os.environ["CEMR_CHECKPOINT_DIR"] = tempfile.mkdtemp(prefix="cemr_test_checkpoints_")
 
