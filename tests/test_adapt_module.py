@@ -160,7 +160,7 @@ class Kill(L.Callback):
         self.at = at
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if len(pl_module.records) == self.at:
+        if pl_module.frames_done == self.at:
             raise RuntimeError("killed")
 
 
@@ -362,3 +362,25 @@ def test_values_are_logged_only_on_the_steps_the_loggers_write_and_they_get_the_
     written = [metrics for _, metrics in gated if "frame/keypoints_2d" in metrics]
     assert len(written) == 2 and all("count/outer_steps" in m for m in written)  # frames 2 and 4 of 5
     assert "clip/smoothness" in gated[-1][1]  # the clip step at frame 4 (stride 4) reaches the logger
+
+
+def test_records_are_packed_in_chunks_and_a_resume_keeps_them(parts, tmp_path, monkeypatch):
+    """Every record_chunk frames the per-frame records become one tensor per field (memory flat in the
+    stream's length); the predictions are those of unpacked records, also after a kill and resume."""
+    stream, cfg = Stream([(0, 0)] * 11), adapter_cfg(levels=1)
+    loose = stream_through(make_module(parts, cfg), stream)
+    monkeypatch.setattr(AdaptationModule, "record_chunk", 4)
+    packed = stream_through(make_module(parts, cfg), stream)
+    assert [len(r["index"]) for r in packed.records] == [4, 4, 1, 1, 1] and packed.frames_done == 11
+    assert len(loose.records) == 11
+    for key, value in loose.predictions().items():
+        assert torch.equal(value, packed.predictions()[key]), key
+    state = tmp_path / "adapt_state.pt"
+    with pytest.raises(RuntimeError, match="killed"):
+        stream_through(make_module(parts, cfg), stream, callbacks=[StreamCheckpoint(state, 9), Kill(10)])
+    resumed = make_module(parts, cfg)
+    assert resumed.load_resume_state(state) == 9  # two chunks and one loose frame
+    stream_through(resumed, stream, loader=remaining_stream(DataLoader(stream, batch_size=1), 9))
+    assert [len(r["index"]) for r in resumed.records] == [4, 4, 1, 1, 1]
+    for key, value in loose.predictions().items():
+        assert torch.equal(value, resumed.predictions()[key]), key

@@ -44,6 +44,8 @@ from cemr.models.vibe import causal_windows
 
 
 class AdaptationModule(L.LightningModule):
+    record_chunk = 256  # frames whose records are packed into one tensor per field (flat memory)
+
     def __init__(
         self,
         model: nn.Module,
@@ -92,7 +94,9 @@ class AdaptationModule(L.LightningModule):
         self.track: tuple[int, int] | None = None
         self.frames_in_track = 0
         self.counters = {"outer_steps": 0, "extra_steps": 0, "clip_steps": 0, "skipped_steps": 0}
-        self.records: list[dict[str, torch.Tensor]] = []
+        self.records: list[dict[str, torch.Tensor]] = []  # packed chunks of frames, then single frames
+        self._packed = 0  # how many leading entries of records are packed chunks
+        self._frames = 0
         self._pending_optimizer_states: list[dict] | None = None
         self.frame_pa_mpjpe: list[float] = []  # each scored frame's, in stream order
         self._pa_mpjpe_sum = 0.0
@@ -141,7 +145,7 @@ class AdaptationModule(L.LightningModule):
     @property
     def frames_done(self) -> int:
         """How many target frames this module has adapted (and recorded) so far."""
-        return len(self.records)
+        return self._frames
 
     def _step(self, optimizer, loss: torch.Tensor) -> bool:
         """One optimiser step on a finite loss; a non-finite loss (or gradient) is skipped and counted.
@@ -440,6 +444,11 @@ class AdaptationModule(L.LightningModule):
                 "cam": pred.cam.detach().float().cpu(),
             }
         )
+        self._frames += len(batch["index"])
+        loose = self.records[self._packed :]
+        if len(loose) == self.record_chunk:  # a few small tensors a frame cost KBs of overhead each
+            self.records[self._packed :] = [{k: torch.cat([r[k] for r in loose]) for k in loose[0]}]
+            self._packed += 1
         if bool(batch["has_smpl"].all()):
             self.frame_pa_mpjpe.append(self._pa_mpjpe_mm(batch, pred))
             self._pa_mpjpe_sum += self.frame_pa_mpjpe[-1]
@@ -509,7 +518,9 @@ class AdaptationModule(L.LightningModule):
         self.frames_in_track = state["frames_in_track"]
         self.counters.update(state["counters"])
         self.records = list(state["records"])
-        return len(self.records)
+        self._packed = sum(len(r["index"]) > 1 for r in self.records)
+        self._frames = sum(len(r["index"]) for r in self.records)
+        return self._frames
 
     def predictions(self) -> dict[str, torch.Tensor]:
         """All recorded frames in stream order: index (N,), pose (N, 72), betas (N, 10), cam (N, 3)."""

@@ -48,17 +48,17 @@ class WandbStreamOverlay(L.Callback):
             return
         import wandb
 
-        record = pl_module.records[-1]
-        pose = record["pose"][:1].to(self.body_model.faces.device)
+        record = pl_module.records[-1]  # its last row is this frame's (a packed chunk holds many)
+        pose = record["pose"][-1:].to(self.body_model.faces.device)
         with torch.no_grad():
             body = self.body_model(
-                betas=record["betas"][:1].to(pose), body_pose=pose[:, 3:], global_orient=pose[:, :3]
+                betas=record["betas"][-1:].to(pose), body_pose=pose[:, 3:], global_orient=pose[:, :3]
             )
         image = crop_overlay(
             batch["img"][0],
             body.vertices[0].double().cpu().numpy(),
             self.body_model.faces.cpu().numpy(),
-            record["cam"][0].numpy(),
+            record["cam"][-1].numpy(),
             self.focal_length,
         )
         media = {"stream/overlay": wandb.Image(image, caption=f"frame {pl_module.frames_done}")}
