@@ -20,8 +20,10 @@ def _silence_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r"The \.grad attribute of a Tensor that is not a leaf Tensor")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # pytorch_lightning / lightning_fabric: the standalone packages' names, which a dependency that
+    # imports them makes the rank-zero logger go by
+    for package in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(f"{package}.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 _silence_known_noise()
