@@ -43,7 +43,6 @@ import ctypes
 import dataclasses
 import gc
 import json
-import logging
 import resource
 import statistics
 import sys
@@ -523,10 +522,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def quiet_lightning() -> None:
-    """Lightning's device lines and tips, once per row (pytorch_lightning, imported by a dependency,
-    rebinds Lightning's rank-zero logger to its own)."""
-    for package in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
-        logging.getLogger(f"{package}.utilities.rank_zero").setLevel(logging.WARNING)
+    """Lightning's loader-workers warning, once per row (its device lines and tips are silenced by
+    `import cemr`, under every name its rank-zero logger goes by)."""
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
