@@ -441,7 +441,9 @@ PARTS = {
     "optimiser steps": [("torch/optim/adam.py", "step")],
     "MAML clone, clipping, update": [
         ("learn2learn/algorithms/maml.py", "clone"),
-        ("cemr/adapt/module.py", "_inner_step"),
+        ("cemr/adapt/inner.py", "clone"),
+        ("cemr/adapt/inner.py", "step"),
+        ("cemr/adapt/inner.py", "restore"),
     ],
     "teacher EMA": [("cemr/adapt/teacher.py", "ema_update")],
     "progress-bar score, record": [("cemr/adapt/module.py", "_record")],

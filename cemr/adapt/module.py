@@ -25,15 +25,14 @@ import copy
 import math
 from collections import deque
 
-import learn2learn as l2l
 import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from learn2learn.algorithms.maml import maml_update
 from torch import nn
 
 from cemr.adapt import levels
+from cemr.adapt.inner import InnerLoop
 from cemr.adapt.plan import Plan
 from cemr.adapt.teacher import ema_update, make_teacher
 from cemr.evaluation.metrics import pa_mpjpe
@@ -73,13 +72,8 @@ class AdaptationModule(L.LightningModule):
         self.plan = Plan.from_config(adapter)
         self.replay_source = replay_source  # (PoseIndex or ReplayBank, dataset) or None
         self.replay_weights = replay_weights  # the source-training loss weights
-        self.learner = l2l.algorithms.MAML(
-            self.model,
-            lr=adapter.inner.lr,
-            first_order=adapter.inner.first_order,
-            allow_unused=True,
-            allow_nograd=True,
-        )
+        inner = adapter.inner
+        self.inner = InnerLoop(model, inner.lr, inner.first_order, inner.max_grad_norm)  # level 1's clone
         self.teacher = make_teacher(model) if self.plan.teacher else None
         for frozen in (self.body_model, self.pose_prior, self.video_encoder, self.align_head):
             if frozen is not None:
@@ -148,16 +142,23 @@ class AdaptationModule(L.LightningModule):
         return self._frames
 
     def _step(self, optimizer, loss: torch.Tensor) -> bool:
-        """One optimiser step on a finite loss; a non-finite loss (or gradient) is skipped and counted.
+        """One optimiser step on a clone's finite loss; a non-finite loss (or gradient) is skipped and
+        counted. Where the clone is the base model moved in place (first order), its weights are put
+        back between the backward pass and the step, which applies the moved weights' gradient.
 
         Under 16-mixed precision the gradient scaler owns non-finite gradients: they are what it sees
         when its scale is too large, so it skips that step and lowers the scale; that is counted too.
         """
         optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        try:
+            if finite:
+                self.manual_backward(loss)
+        finally:
+            self.inner.restore()
+        if not finite:
             self.counters["skipped_steps"] += 1
             return False
-        self.manual_backward(loss)
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if scaler is None and grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
@@ -204,7 +205,7 @@ class AdaptationModule(L.LightningModule):
         source = frame.get("source") if self.plan.replay_inner else None
         batch = images if source is None else torch.cat([images, source["img"]])
         b = images.shape[0]
-        clone = self.learner.clone()
+        clone = self.inner.clone()
         unadapted = None
         for _ in range(self.plan.inner_steps):
             pred = self.predict_body(clone, batch, [frame.get("past")])
@@ -216,31 +217,9 @@ class AdaptationModule(L.LightningModule):
                 loss = loss + self._replay_loss(_slice(pred, b, len(batch)), source)
             if not torch.isfinite(loss):
                 self.counters["skipped_steps"] += 1
-                return self.learner.clone(), unadapted
-            self._inner_step(clone, loss)
+                return self.inner.clone(), unadapted
+            clone = self.inner.step(clone, loss)
         return clone, unadapted
-
-    def _inner_step(self, clone, loss: torch.Tensor) -> None:
-        """One SGD step of the clone (learn2learn's MAML update), its gradient's norm clipped to
-        `inner.max_grad_norm`: at an lr that moves the prediction, a frame with a large loss would
-        otherwise throw the clone far off (and a first-order outer step with it)."""
-        second_order = not self.cfg.inner.first_order
-        params = list(clone.module.parameters())
-        trained = [p for p in params if p.requires_grad]
-        found = torch.autograd.grad(
-            loss, trained, retain_graph=second_order, create_graph=second_order, allow_unused=True
-        )
-        by_param = {id(p): g for p, g in zip(trained, found, strict=True)}
-        grads = [by_param.get(id(p)) for p in params]
-        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
-        max_norm = self.cfg.inner.max_grad_norm
-        if max_norm:
-            squares = torch._foreach_pow([g.detach().float() for g in grads], 2)
-            norm = torch.sqrt(sum(s.sum() for s in squares))
-            scale = (max_norm / (norm + 1e-12)).clamp(max=1.0)
-            if scale < 1.0:  # else g * 1 == g: a pass over every weight saved (and a zero gradient)
-                grads = torch._foreach_mul(grads, scale.to(grads[0].dtype))
-        clone.module = maml_update(clone.module, clone.lr, grads)
 
     def _context_frame(self) -> dict[str, torch.Tensor] | None:
         """Frame t-k of this track, which the clone adapted on t is also scored on; None early on."""
@@ -330,14 +309,14 @@ class AdaptationModule(L.LightningModule):
                 video_embedding = self.video_encoder(images.transpose(0, 1)[None])
         half = len(frames) // 2
         w = self.cfg.loss_weights
-        clone = self.learner.clone()
+        clone = self.inner.clone()
         inner, _ = levels.clip_objective(
             self.predict_body(clone, images[:half], pasts[:half]), keypoints[:half], w
         )
         if not torch.isfinite(inner):
             self.counters["skipped_steps"] += 1
             return
-        self._inner_step(clone, inner)
+        clone = self.inner.step(clone, inner)
         scored = 0 if video_embedding is not None else half  # the alignment sees the whole clip
         pred = self.predict_body(clone, images[scored:], pasts[scored:])
         second = _slice(pred, pred.rotmat.shape[0] - (len(frames) - half), pred.rotmat.shape[0])
@@ -354,6 +333,12 @@ class AdaptationModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         if "padding" in batch:  # a step a DDP rank with a shorter shard idles through (adapt/resume.py)
             return
+        try:
+            self._adapt_frame(batch)
+        finally:  # whatever happened, the base weights are never left where a clone moved them
+            self.inner.restore()
+
+    def _adapt_frame(self, batch: dict[str, torch.Tensor]) -> None:
         track = (int(batch["seq_id"][0]), int(batch["person"][0]))
         if track != self.track:
             self._start_track(track)
@@ -367,6 +352,7 @@ class AdaptationModule(L.LightningModule):
             clone, unadapted = self._adapted_clone(frame)
             with torch.no_grad():
                 final = self._finite_or(self.predict_body(clone, images, [frame.get("past")]), unadapted)
+            self.inner.restore()  # level 1 never changes the base weights
         entry = {"img": images.detach(), "keypoints": keypoints.detach(), "past": frame.get("past")}
         self.history.append(entry)
         self.frames_in_track += 1
