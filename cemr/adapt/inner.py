@@ -33,9 +33,11 @@ class InnerLoop:
         self.in_place = first_order if in_place is None else in_place  # False: learn2learn's clone always
         if self.in_place and not first_order:
             raise ValueError("a second-order inner step needs learn2learn's clone (in_place=False)")
-        self.learner = l2l.algorithms.MAML(
-            model, lr=lr, first_order=first_order, allow_unused=True, allow_nograd=True
-        )
+        self.learner = None  # learn2learn's MAML wrapper, where the clone is a copy
+        if not self.in_place:
+            self.learner = l2l.algorithms.MAML(
+                model, lr=lr, first_order=first_order, allow_unused=True, allow_nograd=True
+            )
         self._saved: list[torch.Tensor] | None = None  # the base weights while the model is moved in place
         self._moved = False
 

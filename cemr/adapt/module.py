@@ -335,7 +335,7 @@ class AdaptationModule(L.LightningModule):
             return
         try:
             self._adapt_frame(batch)
-        finally:  # whatever happened, the base weights are never left where a clone moved them
+        finally:  # the base weights are never left where a clone moved them (level 1 never changes them)
             self.inner.restore()
 
     def _adapt_frame(self, batch: dict[str, torch.Tensor]) -> None:
@@ -352,7 +352,6 @@ class AdaptationModule(L.LightningModule):
             clone, unadapted = self._adapted_clone(frame)
             with torch.no_grad():
                 final = self._finite_or(self.predict_body(clone, images, [frame.get("past")]), unadapted)
-            self.inner.restore()  # level 1 never changes the base weights
         entry = {"img": images.detach(), "keypoints": keypoints.detach(), "past": frame.get("past")}
         self.history.append(entry)
         self.frames_in_track += 1
