@@ -60,6 +60,7 @@ def test_a_file_that_does_not_fit_is_refused_with_what_did_not_fit(backbone, tmp
 
 
 def test_released_videomae_weights_are_the_video_encoder_and_need_no_pretraining(tmp_path):
+    from cemr.adapt.plan import Plan
     from cemr.adapt.run import checkpoints_needed
     from cemr.train.run import ensure_video_encoder
 
@@ -75,7 +76,7 @@ def test_released_videomae_weights_are_the_video_encoder_and_need_no_pretraining
     encoder = ensure_video_encoder(cfg)
     expected = released.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in encoder.state_dict().items())
-    assert "video_encoder_checkpoint" not in checkpoints_needed(cfg)
+    assert "video_encoder_checkpoint" not in checkpoints_needed(cfg, Plan.from_config(cfg.adapter))
     assert "weights" not in model_config(cfg.video_encoder)  # what a checkpoint stores
 
 

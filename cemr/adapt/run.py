@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     claim_run_dir(cfg, out_dir)  # before any work: a dir holding another run's outputs is refused
     plan = Plan.from_config(cfg.adapter)  # a contradictory adapter config is refused before any work too
-    check_named_checkpoints(cfg, *checkpoints_needed(cfg))
+    check_named_checkpoints(cfg, *checkpoints_needed(cfg, plan))
     if is_global_zero():
         remove_leftovers(out_dir)
     seed_everything(cfg.seed)
@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     save_config(cfg, out_dir)
     data = build_datamodule(cfg)
     target = data.target  # read and checked before the source model, which may have to be trained first
-    check_adaptable(cfg)
+    check_adaptable(cfg, plan)
     source = load_source(cfg)
     body_models = build_body_models(cfg.body)
     scorable = bool(np.any(target.data["has_smpl"] > 0))
@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if plan.levels == 0:
         predictions = baseline
     else:
-        predictions = adapt(cfg, source, body_models["neutral"], data, out_dir, belongs_to)
+        predictions = adapt(cfg, plan, source, body_models["neutral"], data, out_dir, belongs_to)
         if predictions is None:
             return {}  # rank 0 scores and writes every rank's predictions
 
@@ -134,10 +134,10 @@ def load_source(cfg: DictConfig):
     return load_checkpoint(cfg.training.checkpoint, mean_params=cfg.body.mean_params)
 
 
-def checkpoints_needed(cfg: DictConfig) -> list[str]:
+def checkpoints_needed(cfg: DictConfig, plan: Plan) -> list[str]:
     """The training.* checkpoints this run loads: the source model, and the video encoder where
     level 3 aligns with it or where the source model must be trained first."""
-    video = Plan.from_config(cfg.adapter).video_align
+    video = plan.video_align
     own_encoder = not cfg.video_encoder.get("weights")  # else released weights are the encoder
     if cfg.backbone.get("weights"):  # released weights are the source model
         return ["video_encoder_checkpoint"] if video and own_encoder else []
@@ -170,9 +170,9 @@ def file_identity(path: str | Path) -> str:
     return f"{path.name}, {path.stat().st_size} bytes, sha256 {digest.hexdigest()[:16]}"
 
 
-def check_adaptable(cfg: DictConfig) -> None:
+def check_adaptable(cfg: DictConfig, plan: Plan) -> None:
     """Refuse, before any work, to split a stream that never resets across devices."""
-    if Plan.from_config(cfg.adapter).levels == 0:
+    if plan.levels == 0:
         return
     adaptation_strategy(cfg.trainer.get("strategy"), cfg.adapter.reset)
 
@@ -191,13 +191,15 @@ def projection_head(state: dict, video_encoder: torch.nn.Module, encoder_name: s
     return head
 
 
-def adapt(cfg: DictConfig, source, body_model, data, out_dir: Path, belongs_to: dict | None = None) -> dict:
+def adapt(
+    cfg: DictConfig, plan: Plan, source, body_model, data, out_dir: Path, belongs_to: dict | None = None
+) -> dict:
     """Stream the target through the AdaptationModule; returns predictions {index, pose, betas, counters}.
 
     Under DDP (reset=sequence) each rank adapts its share of the sequences; rank 0 returns them all,
     the other ranks None.
     """
-    ad, plan = cfg.adapter, Plan.from_config(cfg.adapter)
+    ad = cfg.adapter
     video_encoder = align_head = None
     if plan.video_align:
         if "align_head" not in source.extra:
