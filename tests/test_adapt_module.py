@@ -133,6 +133,36 @@ def test_reset_sequence_restarts_from_the_source_weights(parts):
     assert not torch.allclose(carried.predictions()["betas"][3:], fresh.predictions()["betas"], atol=1e-6)
 
 
+class WeightsAfterEachFrame(L.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append([p.detach().clone() for p in pl_module.model.parameters()])
+
+
+@pytest.mark.parametrize("reset", ["none", "sequence"])
+def test_the_averaged_weights_are_the_ema_of_the_weights_after_each_frame(parts, reset):
+    tracks = [(0, 0)] * 5 + [(1, 0)] * 3  # a clip step at frame 4 of track 0
+    plain = stream_through(make_module(parts, adapter_cfg(levels=3, reset=reset)), Stream(tracks))
+    after = WeightsAfterEachFrame()
+    module = make_module(parts, adapter_cfg(levels=3, reset=reset, average=0.7))
+    source = [p.detach().clone() for p in module.model.parameters()]
+    stream_through(module, Stream(tracks), callbacks=[after])
+    expected = source
+    for i, weights_now in enumerate(after.seen):
+        if reset == "sequence" and i == 5:  # sequence 1 starts again from the source model
+            expected = source
+        expected = [a * 0.7 + w * (1 - 0.7) for a, w in zip(expected, weights_now, strict=True)]
+    for averaged, by_hand in zip(module.average.parameters(), expected, strict=True):
+        torch.testing.assert_close(averaged, by_hand, rtol=1e-6, atol=1e-7)
+    assert not same(dict(module.average.state_dict()), weights(module))
+    # the average is never in the loop: the stream and its last weights are what they are without it
+    for key, value in plain.predictions().items():
+        assert torch.equal(value, module.predictions()[key]), key
+    assert same(weights(plain), weights(module))
+
+
 def test_a_nan_frame_is_skipped_and_never_poisons_the_model(parts):
     module = make_module(parts, adapter_cfg(levels=2))
     stream_through(module, Stream([(0, 0)] * 4, nan_at=2))
@@ -176,8 +206,9 @@ class Kill(L.Callback):
 def test_resume_after_a_kill_equals_an_uninterrupted_run(parts, tmp_path, model, tracks, every, kill_at):
     make = {"hmr": make_module, "vibe": make_vibe_module}[model]
     stream = Stream(tracks)
-    cfg = adapter_cfg(levels=3)
-    full = stream_through(make(parts, cfg), stream).predictions()
+    cfg = adapter_cfg(levels=3, average=0.5)
+    uninterrupted = stream_through(make(parts, cfg), stream)
+    full = uninterrupted.predictions()
     state = tmp_path / "adapt_state.pt"
     with pytest.raises(RuntimeError, match="killed"):
         stream_through(make(parts, cfg), stream, callbacks=[StreamCheckpoint(state, every), Kill(kill_at)])
@@ -188,6 +219,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(parts, tmp_path, model,
     stream_through(resumed, stream, loader=loader)
     for key, value in full.items():
         assert torch.equal(value, resumed.predictions()[key]), key
+    assert same(uninterrupted.average.state_dict(), resumed.average.state_dict())
 
 
 def test_checkpoint_interval_must_be_positive(tmp_path):

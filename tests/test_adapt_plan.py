@@ -34,6 +34,9 @@ def test_levels_enable_their_parts_and_nothing_above():
     # replay asked for at level 1 is not run: level 1 has no outer step to replay in
     assert plan_of("adapter.levels=1", "adapter.replay.enabled=true").replay is None
     assert plan_of("adapter.levels=2", "adapter.replay.enabled=true").replay == "pose"
+    # the weights average: level 1 alone never moves the weights, so there is nothing to average
+    assert three.average is None and plan_of("adapter.levels=1", "adapter.average=0.9").average is None
+    assert plan_of("adapter.levels=2", "adapter.average=0.9").average == 0.9
 
 
 def test_experiments_are_their_papers_settings():
@@ -71,6 +74,8 @@ def test_experiments_are_their_papers_settings():
             ["adapter.replay.enabled=true", "adapter.replay.retrieval=feature", "adapter.replay.inner=true"],
             "known before the inner step",
         ),
+        (["adapter.average=1"], r"adapter.average must be null or a decay in \(0, 1\), got 1"),
+        (["adapter.average=0"], r"adapter.average must be null or a decay in \(0, 1\), got 0"),
     ],
 )
 def test_contradictory_configs_are_refused(overrides, message):

@@ -149,13 +149,16 @@ def test_levels_zero_is_the_source_model(workspace):
 def test_snapshot_rescores_the_final_weights(workspace):
     root, _ = workspace
     # learning rates 0: the base weights never move, so their re-run is the source model's
-    frozen = adapt_run(
-        adapt_cfg(root, "lr0", ["adapter.levels=3", "adapter.outer.lr=0", "adapter.clip.lr=0"])
-    )
+    still = ["adapter.levels=3", "adapter.outer.lr=0", "adapter.clip.lr=0", "adapter.average=0.9"]
+    frozen = adapt_run(adapt_cfg(root, "lr0", still))
     for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
         assert frozen[f"snapshot_{key}"] == pytest.approx(frozen[f"source_{key}"], abs=1e-9)
-    moved = adapt_run(adapt_cfg(root, "lr_default", ["adapter.levels=2"]))
+        # 0.9 w + 0.1 w rounds to w only within float32's last bits, frame after frame
+        assert frozen[f"average_{key}"] == pytest.approx(frozen[f"source_{key}"], abs=1e-3)
+    moved = adapt_run(adapt_cfg(root, "lr_default", ["adapter.levels=2", "adapter.average=0.9"]))
     assert moved["snapshot_pa_mpjpe"] != moved["source_pa_mpjpe"]
+    assert moved["average_pa_mpjpe"] not in (moved["snapshot_pa_mpjpe"], moved["source_pa_mpjpe"])
+    assert "average_pa_mpjpe" not in adapt_run(adapt_cfg(root, "no_average", ["adapter.levels=2"]))
 
 
 def test_emit_teacher_that_never_moves_emits_and_keeps_the_source_model(workspace):

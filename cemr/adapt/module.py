@@ -75,6 +75,7 @@ class AdaptationModule(L.LightningModule):
         inner = adapter.inner
         self.inner = InnerLoop(model, inner.lr, inner.first_order, inner.max_grad_norm)  # level 1's clone
         self.teacher = make_teacher(model) if self.plan.teacher else None
+        self.average = make_teacher(model) if self.plan.average is not None else None  # not in the loop
         for frozen in (self.body_model, self.pose_prior, self.video_encoder, self.align_head):
             if frozen is not None:
                 frozen.requires_grad_(False)
@@ -187,8 +188,9 @@ class AdaptationModule(L.LightningModule):
         """
         self.model.load_state_dict(self.source_state)
         self.replay_generator.manual_seed(self.seed)
-        if self.teacher is not None:
-            self.teacher.load_state_dict(self.source_state)
+        for copied in (self.teacher, self.average):
+            if copied is not None:
+                copied.load_state_dict(self.source_state)
         for opt in self.optimizers(use_pl_optimizer=False) if self._trainer else []:
             opt.state.clear()
 
@@ -364,6 +366,8 @@ class AdaptationModule(L.LightningModule):
             if self.plan.emit == "updated":
                 with torch.no_grad():
                     final = self.predict_body(self.model, images, [frame.get("past")])
+        if self.average is not None:
+            ema_update(self.average, self.model, self.plan.average)
         entry["joints"] = final.joints[:, levels.losses.GT_JOINTS].detach()
         entry["feature"] = final.feature.detach()  # what later frames' causal windows hold
         self._record(batch, final)
@@ -478,6 +482,7 @@ class AdaptationModule(L.LightningModule):
         return {
             "model": self.model.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "average": self.average.state_dict() if self.average is not None else None,
             "optimizers": optimizers,
             "replay_generator": self.replay_generator.get_state(),
             "history": [dict(frame) for frame in self.history],
@@ -495,6 +500,8 @@ class AdaptationModule(L.LightningModule):
         self.model.load_state_dict(state["model"])
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         self._pending_optimizer_states = state["optimizers"]
         self.replay_generator.set_state(state["replay_generator"])
         self.history.clear()

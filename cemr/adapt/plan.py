@@ -28,6 +28,8 @@ class Plan:
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames
     video_align: bool  # level 3's alignment with the frozen video encoder
     emitted_smoothness: bool  # level 3's squared acceleration over the predictions emitted before t
+    average: float | None  # EMA decay of the weights averaged after every frame, the run's adapted model
+    # re-run over the target besides the last weights (None: none); level 1 alone never moves the weights
     emit: str  # the prediction recorded for frame t: `updated` base model, the `clone` adapted on t, or the
     # EMA `teacher` after the update (averaged weights: smoother output, and the run's final weights)
 
@@ -55,6 +57,9 @@ class Plan:
         anchor = float(adapter.get("anchor", 0.0))
         if not 0.0 <= anchor <= 1.0:
             raise ValueError(f"adapter.anchor must lie in [0, 1], got {adapter.anchor}")
+        average = adapter.get("average")
+        if average is not None and not 0.0 < float(average) < 1.0:
+            raise ValueError(f"adapter.average must be null or a decay in (0, 1), got {average}")
         weights = adapter.loss_weights
         return cls(
             levels=levels,
@@ -70,6 +75,7 @@ class Plan:
             clip=levels >= 3,
             video_align=levels >= 3 and weights.video_align > 0,
             emitted_smoothness=levels >= 3 and weights.emitted_smoothness > 0,
+            average=float(average) if outer and average is not None else None,
             emit=adapter.emit if outer else "clone",
         )
 

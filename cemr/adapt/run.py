@@ -24,6 +24,7 @@ from cemr.data.prepare import prepare_assets
 from cemr.data.retrieval import PoseIndex, ReplayBank
 from cemr.evaluation.protocol import joints14
 from cemr.evaluation.report import errors_by_row, frame_table, score_dataset, summarize_errors
+from cemr.evaluation.summary import RERUNS
 from cemr.models import load_checkpoint
 from cemr.models.foreign import foreign_source
 from cemr.models.prediction import body_vertices, predict_frames
@@ -86,12 +87,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     write_predictions(
         out_dir / "predictions.npz", predictions, target, body_models["neutral"], regressor, baseline, camera
     )
-    # The final adapted weights re-run over the whole target: a model that became a per-frame tracker
-    # (its state in the weights) scores far worse here than in the stream.
     snapshot = predict_frames(source.model, target) if plan.levels > 0 else None
+    averaged = predictions.get("average")  # the weights averaged over the stream (adapter.average)
+    averaged = predict_frames(averaged, target) if averaged is not None else None
     metrics = {}
     if scorable:
-        scored = {"source_": baseline, "": predictions, "snapshot_": snapshot}
+        scored = {"source_": baseline, "": predictions, "snapshot_": snapshot, "average_": averaged}
         by_row = {}
         for prefix, frames in scored.items():
             if frames is not None:
@@ -194,7 +195,8 @@ def projection_head(state: dict, video_encoder: torch.nn.Module, encoder_name: s
 def adapt(
     cfg: DictConfig, plan: Plan, source, body_model, data, out_dir: Path, belongs_to: dict | None = None
 ) -> dict:
-    """Stream the target through the AdaptationModule; returns predictions {index, pose, betas, counters}.
+    """Stream the target through the AdaptationModule; returns predictions {index, pose, betas, counters},
+    and under `adapter.average` the averaged weights' model (average).
 
     Under DDP (reset=sequence) each rank adapts its share of the sequences; rank 0 returns them all,
     the other ranks None.
@@ -257,7 +259,7 @@ def adapt(
     if gathered is None:
         return None
     predictions, counters = gathered
-    return {**predictions, "counters": counters}
+    return {**predictions, "counters": counters, "average": module.average}
 
 
 def replay_bank(cfg: DictConfig, model: torch.nn.Module, source_frames) -> ReplayBank:
@@ -328,8 +330,7 @@ def print_summary(cfg: DictConfig, metrics: dict, scorable: bool, out_dir: Path)
     for name in METRICS:
         table.add_column(name.upper().replace("_", "-"), justify="right")
     rows = [("source only", "source_"), ("adapted", "")]
-    if "snapshot_mpjpe" in metrics:
-        rows.append(("final weights, re-run", "snapshot_"))
+    rows += [(label, prefix) for label, prefix in RERUNS if f"{prefix}mpjpe" in metrics]
     for label, prefix in rows:
         table.add_row(label, *(f"{metrics.get(prefix + m, float('nan')):.1f}" for m in METRICS))
     console.print(table)

@@ -27,11 +27,10 @@ from cemr.evaluation.builds import (
     shared_overrides,
 )
 from cemr.evaluation.report import score_dataset, summarize_errors
-from cemr.evaluation.summary import OVERALL_METRICS, overall, run_report, sequence_rows, to_csv
+from cemr.evaluation.summary import OVERALL_METRICS, RERUNS, overall, run_report, sequence_rows, to_csv
 from cemr.runtime import build_body_models, build_datamodule
 
 COLUMNS = OVERALL_METRICS
-SNAPSHOT_COUNT = "snapshot_frames"  # a count, not an error: left out of the builds report
 SOURCE_LABEL = "source only"
 
 log = logging.getLogger(__name__)
@@ -169,10 +168,13 @@ def evaluate_sweep(run_dir: Path, jobs: list[Path]) -> dict[str, float]:
         scores = rescore_run(job)
         label = label_without_build(overrides_list(job), common)
         build = int(OmegaConf.select(scores.cfg, BUILD_SEED_KEY, default=0))
-        snapshot = {
-            k: v for k, v in scores.recorded.items() if k.startswith("snapshot_") and k != SNAPSHOT_COUNT
+        reruns = {
+            f"{prefix}{m}": scores.recorded[f"{prefix}{m}"]
+            for _, prefix in RERUNS
+            for m in OVERALL_METRICS
+            if f"{prefix}{m}" in scores.recorded
         }
-        per_job.append(JobResult(label, build, scores.adapted, scores.sequences, extra=snapshot))
+        per_job.append(JobResult(label, build, scores.adapted, scores.sequences, extra=reruns))
         if scores.source is not None:
             per_job.append(JobResult(SOURCE_LABEL, build, scores.source, scores.sequences))
         adapted = summarize_errors(scores.adapted)
