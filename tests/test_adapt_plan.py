@@ -302,3 +302,14 @@ def test_the_anchor_pulls_the_updated_weights_towards_the_source_model(parts):
     assert Plan.from_config(adapter_cfg(levels=1, anchor=0.5)).anchor == 0.0
     with pytest.raises(ValueError, match=r"adapter.anchor must lie in \[0, 1\], got 1.5"):
         Plan.from_config(adapter_cfg(levels=2, anchor=1.5))
+
+
+def test_replay_from_a_dataset_without_source_frames_is_refused_before_any_work(compose_cfg, tmp_path):
+    from cemr.adapt.run import run
+
+    video = ["dataset=video", "dataset.video_path=clip.mp4", "dataset.keypoints_path=clip_openpose"]
+    with pytest.raises(ValueError, match=r"dataset=video has none .*pass adapter.replay.enabled=false"):
+        run(compose_cfg("adapt", video))
+    assert not (tmp_path / "data").exists()  # nothing prepared, no source model trained
+    without = compose_cfg("adapt", [*video, "adapter.replay.enabled=false"])
+    assert Plan.from_config(without.adapter).replay is None

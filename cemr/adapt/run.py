@@ -56,6 +56,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     claim_run_dir(cfg, out_dir)  # before any work: a dir holding another run's outputs is refused
     plan = Plan.from_config(cfg.adapter)  # a contradictory adapter config is refused before any work too
+    check_adaptable(cfg, plan)
     check_named_checkpoints(cfg, *checkpoints_needed(cfg, plan))
     if is_global_zero():
         remove_leftovers(out_dir)
@@ -64,7 +65,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
     save_config(cfg, out_dir)
     data = build_datamodule(cfg)
     target = data.target  # read and checked before the source model, which may have to be trained first
-    check_adaptable(cfg, plan)
     source = load_source(cfg)
     body_models = build_body_models(cfg.body)
     scorable = bool(np.any(target.data["has_smpl"] > 0))
@@ -172,9 +172,15 @@ def file_identity(path: str | Path) -> str:
 
 
 def check_adaptable(cfg: DictConfig, plan: Plan) -> None:
-    """Refuse, before any work, to split a stream that never resets across devices."""
+    """Refuse, before any work, to split a stream that never resets across devices, or to replay source
+    frames from a dataset that has none."""
     if plan.levels == 0:
         return
+    if plan.replay is not None and cfg.dataset.get("source_split") is None:
+        raise ValueError(
+            f"adapter.replay.enabled=true replays labelled source frames, but dataset={cfg.dataset.name} "
+            "has none (dataset.source_split is null): pass adapter.replay.enabled=false"
+        )
     adaptation_strategy(cfg.trainer.get("strategy"), cfg.adapter.reset)
 
 
