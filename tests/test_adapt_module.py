@@ -144,7 +144,8 @@ class WeightsAfterEachFrame(L.Callback):
 @pytest.mark.parametrize("reset", ["none", "sequence"])
 def test_the_averaged_weights_are_the_ema_of_the_weights_after_each_frame(parts, reset):
     tracks = [(0, 0)] * 5 + [(1, 0)] * 3  # a clip step at frame 4 of track 0
-    plain = stream_through(make_module(parts, adapter_cfg(levels=3, reset=reset)), Stream(tracks))
+    unaveraged = make_module(parts, adapter_cfg(levels=3, reset=reset, average=None))
+    plain = stream_through(unaveraged, Stream(tracks))
     after = WeightsAfterEachFrame()
     module = make_module(parts, adapter_cfg(levels=3, reset=reset, average=0.7))
     source = [p.detach().clone() for p in module.model.parameters()]

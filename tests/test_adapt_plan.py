@@ -35,8 +35,8 @@ def test_levels_enable_their_parts_and_nothing_above():
     assert plan_of("adapter.levels=1", "adapter.replay.enabled=true").replay is None
     assert plan_of("adapter.levels=2", "adapter.replay.enabled=true").replay == "pose"
     # the weights average: level 1 alone never moves the weights, so there is nothing to average
-    assert three.average is None and plan_of("adapter.levels=1", "adapter.average=0.9").average is None
-    assert plan_of("adapter.levels=2", "adapter.average=0.9").average == 0.9
+    assert three.average == 0.999 and plan_of("adapter.levels=1", "adapter.average=0.9").average is None
+    assert plan_of("adapter.levels=2", "adapter.average=null").average is None
 
 
 def test_experiments_are_their_papers_settings():
