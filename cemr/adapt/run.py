@@ -87,11 +87,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     write_predictions(
         out_dir / "predictions.npz", predictions, target, body_models["neutral"], regressor, baseline, camera
     )
-    snapshot = predict_frames(source.model, target) if plan.levels > 0 else None
-    averaged = predictions.get("average")  # the weights averaged over the stream (adapter.average)
-    averaged = predict_frames(averaged, target) if averaged is not None else None
     metrics = {}
-    if scorable:
+    if scorable:  # the re-runs of the adapted weights are only ever scored
+        snapshot = predict_frames(source.model, target) if plan.levels > 0 else None
+        averaged = predictions.get("average")  # the weights averaged over the stream (adapter.average)
+        averaged = predict_frames(averaged, target) if averaged is not None else None
         scored = {"source_": baseline, "": predictions, "snapshot_": snapshot, "average_": averaged}
         by_row = {}
         for prefix, frames in scored.items():

@@ -27,7 +27,15 @@ from cemr.evaluation.builds import (
     shared_overrides,
 )
 from cemr.evaluation.report import score_dataset, summarize_errors
-from cemr.evaluation.summary import OVERALL_METRICS, RERUNS, overall, run_report, sequence_rows, to_csv
+from cemr.evaluation.summary import (
+    OVERALL_METRICS,
+    RERUNS,
+    overall,
+    recorded_means,
+    run_report,
+    sequence_rows,
+    to_csv,
+)
 from cemr.runtime import build_body_models, build_datamodule
 
 COLUMNS = OVERALL_METRICS
@@ -169,10 +177,9 @@ def evaluate_sweep(run_dir: Path, jobs: list[Path]) -> dict[str, float]:
         label = label_without_build(overrides_list(job), common)
         build = int(OmegaConf.select(scores.cfg, BUILD_SEED_KEY, default=0))
         reruns = {
-            f"{prefix}{m}": scores.recorded[f"{prefix}{m}"]
+            f"{prefix}{m}": value
             for _, prefix in RERUNS
-            for m in OVERALL_METRICS
-            if f"{prefix}{m}" in scores.recorded
+            for m, value in recorded_means(scores.recorded, prefix).items()
         }
         per_job.append(JobResult(label, build, scores.adapted, scores.sequences, extra=reruns))
         if scores.source is not None:

@@ -16,6 +16,11 @@ OVERALL_METRICS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
 RERUNS = (("final weights, re-run", "snapshot_"), ("averaged weights, re-run", "average_"))
 
 
+def recorded_means(recorded: dict[str, float], prefix: str) -> dict[str, float]:
+    """The OVERALL_METRICS a run recorded under `prefix` (e.g. source_, snapshot_), by metric."""
+    return {m: recorded[f"{prefix}{m}"] for m in OVERALL_METRICS if f"{prefix}{m}" in recorded}
+
+
 def per_sequence(sequences: np.ndarray, errors: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """sequence -> metric -> frame mean (mm), sequences in the order they first appear."""
     return {
@@ -73,10 +78,10 @@ def run_report(
     if source is not None:
         before = overall(source)
     else:  # a run saved without the source model's predictions: its recorded means, if any
-        before = {m: recorded[f"source_{m}"] for m in OVERALL_METRICS if f"source_{m}" in recorded} or None
+        before = recorded_means(recorded, "source_") or None
     models = [("source only", before), ("adapted", overall(adapted))]
     for label, prefix in RERUNS:
-        rerun = {m: recorded[f"{prefix}{m}"] for m in OVERALL_METRICS if f"{prefix}{m}" in recorded}
+        rerun = recorded_means(recorded, prefix)
         models += [(label, rerun)] if rerun else []
     for label, values in models:
         if values is not None:
