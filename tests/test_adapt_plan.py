@@ -37,6 +37,22 @@ def test_levels_enable_their_parts_and_nothing_above():
     # the weights average: level 1 alone never moves the weights, so there is nothing to average
     assert three.average == 0.999 and plan_of("adapter.levels=1", "adapter.average=0.9").average is None
     assert plan_of("adapter.levels=2", "adapter.average=null").average is None
+    # the fixed-lag smoother of the emitted predictions is level 3's
+    assert three.smoothing and not two.smoothing
+    assert not plan_of("adapter.levels=3", "adapter.smoothing.weight=0").smoothing
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("adapter.smoothing.weight=-1", "weight must be >= 0"),
+        ("adapter.smoothing.order=0", "order >= 1"),
+        ("adapter.smoothing.lag=-2", "past, lag >= 0"),
+    ],
+)
+def test_a_bad_smoother_is_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        plan_of("adapter.levels=3", override)
 
 
 def test_experiments_are_their_papers_settings():
@@ -242,6 +258,8 @@ def test_adapter_config_keys_of_the_plan_exist():
         "replay.inner",
         "loss_weights.context",
         "loss_weights.emitted_smoothness",
+        "smoothing.weight",
+        "smoothing.lag",
     ):
         assert OmegaConf.select(adapter, key) is not None, key
 

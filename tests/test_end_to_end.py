@@ -163,6 +163,28 @@ def test_snapshot_rescores_the_final_weights(workspace):
     )
 
 
+def test_level_three_emits_the_smoothed_stream(workspace):
+    from cemr.adapt.smoothing import smooth_emitted
+
+    root, _ = workspace
+    # learning rates 0: the stream emits the source model's predictions, so what predictions.npz holds
+    # must be the smoother applied to them (the source model's own predictions sit beside them)
+    still = ["adapter.levels=3", "adapter.outer.lr=0", "adapter.clip.lr=0"]
+    cfg = adapt_cfg(root, "smoothed", still)
+    metrics = adapt_run(cfg)
+    with np.load(root / "smoothed" / "predictions.npz") as pred:
+        source = {"index": pred["index"], "pose": pred["source_pose"], "cam": pred["source_cam"]}
+        expected = smooth_emitted(source, build_datamodule(cfg).target.tracks, cfg.adapter.smoothing)
+        for key in ("pose", "cam"):  # one frame at a time vs batches: float32 summation order differs
+            np.testing.assert_allclose(pred[key], expected[key], atol=1e-4)
+        np.testing.assert_allclose(pred["betas"], pred["source_betas"], atol=1e-4)
+        assert not np.allclose(pred["pose"], pred["source_pose"], atol=1e-3)
+    assert metrics["accel_error"] < metrics["source_accel_error"]
+    raw = adapt_run(adapt_cfg(root, "unsmoothed", [*still, "adapter.smoothing.weight=0"]))
+    assert raw["pa_mpjpe"] == pytest.approx(raw["source_pa_mpjpe"], abs=1e-4)
+    assert raw["snapshot_pa_mpjpe"] == metrics["snapshot_pa_mpjpe"]  # the weights are not touched
+
+
 def test_emit_teacher_that_never_moves_emits_and_keeps_the_source_model(workspace):
     root, _ = workspace
     # ema 1: the teacher stays the source model while the base weights adapt under it

@@ -28,6 +28,7 @@ class Plan:
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames
     video_align: bool  # level 3's alignment with the frozen video encoder
     emitted_smoothness: bool  # level 3's squared acceleration over the predictions emitted before t
+    smoothing: bool  # level 3's fixed-lag smoother of the emitted predictions (cemr/adapt/smoothing.py)
     average: float | None  # EMA decay of the weights averaged after every frame, the run's adapted model
     # re-run over the target besides the last weights (None: none); level 1 alone never moves the weights
     emit: str  # the prediction recorded for frame t: `updated` base model, the `clone` adapted on t, or the
@@ -60,6 +61,15 @@ class Plan:
         average = adapter.get("average")
         if average is not None and not 0.0 < float(average) < 1.0:
             raise ValueError(f"adapter.average must be null or a decay in (0, 1), got {average}")
+        smoothing = adapter.get("smoothing")
+        if smoothing is not None and float(smoothing.weight) < 0:
+            raise ValueError(f"adapter.smoothing.weight must be >= 0 (0: off), got {smoothing.weight}")
+        smooths = levels >= 3 and smoothing is not None and float(smoothing.weight) > 0
+        if smooths and (int(smoothing.order) < 1 or int(smoothing.past) < 0 or int(smoothing.lag) < 0):
+            raise ValueError(
+                "adapter.smoothing needs order >= 1 and past, lag >= 0 (frames), got "
+                f"order={smoothing.order} past={smoothing.past} lag={smoothing.lag}"
+            )
         weights = adapter.loss_weights
         return cls(
             levels=levels,
@@ -75,6 +85,7 @@ class Plan:
             clip=levels >= 3,
             video_align=levels >= 3 and weights.video_align > 0,
             emitted_smoothness=levels >= 3 and weights.emitted_smoothness > 0,
+            smoothing=smooths,
             average=float(average) if outer and average is not None else None,
             emit=adapter.emit if outer else "clone",
         )

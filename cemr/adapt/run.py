@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from cemr.adapt.parallel import adaptation_strategy, gather_predictions
 from cemr.adapt.plan import Plan
 from cemr.adapt.resume import StreamCheckpoint, TargetStream, check_stream_state
+from cemr.adapt.smoothing import smooth_emitted
 from cemr.atomic import remove_leftovers, save_npz_atomic, write_text_atomic
 from cemr.data.prepare import prepare_assets
 from cemr.data.retrieval import PoseIndex, ReplayBank
@@ -80,6 +81,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         predictions = adapt(cfg, plan, source, body_models["neutral"], data, out_dir, belongs_to)
         if predictions is None:
             return {}  # rank 0 scores and writes every rank's predictions
+        if plan.smoothing:  # as if frame t were emitted once t + lag is predicted; weights unchanged
+            predictions = smooth_emitted(predictions, target.tracks, cfg.adapter.smoothing)
 
     # Saved before scoring: a failure in scoring must not lose the adaptation.
     regressor = body_models["neutral"].J_regressor_h36m.double().cpu().numpy()
