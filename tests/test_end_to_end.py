@@ -163,7 +163,7 @@ def test_snapshot_rescores_the_final_weights(workspace):
     )
 
 
-def test_level_three_emits_the_smoothed_stream(workspace):
+def test_level_three_emits_the_smoothed_stream(workspace, capsys):
     from cemr.adapt.smoothing import smooth_emitted
 
     root, _ = workspace
@@ -180,8 +180,13 @@ def test_level_three_emits_the_smoothed_stream(workspace):
         np.testing.assert_allclose(pred["betas"], pred["source_betas"], atol=1e-4)
         assert not np.allclose(pred["pose"], pred["source_pose"], atol=1e-3)
     assert metrics["accel_error"] < metrics["source_accel_error"]
+    # the stream's own predictions are scored beside: here the source model's
+    for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
+        assert metrics[f"unsmoothed_{key}"] == pytest.approx(metrics[f"source_{key}"], abs=1e-4)
+    assert "adapted, before the smoother" in capsys.readouterr().out
     raw = adapt_run(adapt_cfg(root, "unsmoothed", [*still, "adapter.smoothing.weight=0"]))
     assert raw["pa_mpjpe"] == pytest.approx(raw["source_pa_mpjpe"], abs=1e-4)
+    assert "unsmoothed_pa_mpjpe" not in raw
     assert raw["snapshot_pa_mpjpe"] == metrics["snapshot_pa_mpjpe"]  # the weights are not touched
 
 

@@ -48,12 +48,14 @@ def test_csv_round_trips_the_rows():
 
 def test_run_report_tables_and_paired_differences():
     recorded = {"snapshot_pa_mpjpe": 99.0, "snapshot_mpjpe": 1.0, "average_pa_mpjpe": 88.0}
+    recorded["unsmoothed_accel_error"] = 42.0
     report = run_report("run", SEQS, ADAPTED, SOURCE, recorded)
     # frame means: source 20.0 / 40.0 / 60.0, adapted 53/3 = 17.7 / 35.3 / 53.0, accel 5.0 both
     assert "| source only | 40.0 | 20.0 | 60.0 | 5.0 |" in report
     assert "| adapted | 35.3 | 17.7 | 53.0 | 5.0 |" in report
     assert "| final weights, re-run | 1.0 | 99.0 |  |  |" in report
     assert "| averaged weights, re-run |  | 88.0 |  |  |" in report
+    assert "| adapted, before the smoother |  |  |  | 42.0 |" in report
     # per-sequence PA-MPJPE differences -5 and +3: mean -1.0, sd sqrt(32) = 5.7
     assert "| pa_mpjpe | -1.0 +- 5.7 | 1 / 1 of 2 |" in report
     assert "Paired" not in run_report("run", SEQS, ADAPTED, None, {})  # nothing to pair with

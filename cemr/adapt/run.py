@@ -25,7 +25,7 @@ from cemr.data.prepare import prepare_assets
 from cemr.data.retrieval import PoseIndex, ReplayBank
 from cemr.evaluation.protocol import joints14
 from cemr.evaluation.report import errors_by_row, frame_table, score_dataset, summarize_errors
-from cemr.evaluation.summary import RERUNS
+from cemr.evaluation.summary import ALSO_SCORED
 from cemr.models import load_checkpoint
 from cemr.models.foreign import foreign_source
 from cemr.models.prediction import body_vertices, predict_frames
@@ -81,8 +81,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         predictions = adapt(cfg, plan, source, body_models["neutral"], data, out_dir, belongs_to)
         if predictions is None:
             return {}  # rank 0 scores and writes every rank's predictions
-        if plan.smoothing:  # as if frame t were emitted once t + lag is predicted; weights unchanged
-            predictions = smooth_emitted(predictions, target.tracks, cfg.adapter.smoothing)
+    unsmoothed = predictions
+    if plan.smoothing:  # as if frame t were emitted once t + lag is predicted; weights unchanged
+        predictions = smooth_emitted(predictions, target.tracks, cfg.adapter.smoothing)
 
     # Saved before scoring: a failure in scoring must not lose the adaptation.
     regressor = body_models["neutral"].J_regressor_h36m.double().cpu().numpy()
@@ -96,6 +97,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         averaged = predictions.get("average")  # the weights averaged over the stream (adapter.average)
         averaged = predict_frames(averaged, target) if averaged is not None else None
         scored = {"source_": baseline, "": predictions, "snapshot_": snapshot, "average_": averaged}
+        scored["unsmoothed_"] = unsmoothed if plan.smoothing else None
         by_row = {}
         for prefix, frames in scored.items():
             if frames is not None:
@@ -339,7 +341,7 @@ def print_summary(cfg: DictConfig, metrics: dict, scorable: bool, out_dir: Path)
     for name in METRICS:
         table.add_column(name.upper().replace("_", "-"), justify="right")
     rows = [("source only", "source_"), ("adapted", "")]
-    rows += [(label, prefix) for label, prefix in RERUNS if f"{prefix}mpjpe" in metrics]
+    rows += [(label, prefix) for label, prefix in ALSO_SCORED if f"{prefix}mpjpe" in metrics]
     for label, prefix in rows:
         table.add_row(label, *(f"{metrics.get(prefix + m, float('nan')):.1f}" for m in METRICS))
     console.print(table)

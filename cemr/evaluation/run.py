@@ -28,8 +28,8 @@ from cemr.evaluation.builds import (
 )
 from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.evaluation.summary import (
+    ALSO_SCORED,
     OVERALL_METRICS,
-    RERUNS,
     overall,
     recorded_means,
     run_report,
@@ -178,7 +178,7 @@ def evaluate_sweep(run_dir: Path, jobs: list[Path]) -> dict[str, float]:
         build = int(OmegaConf.select(scores.cfg, BUILD_SEED_KEY, default=0))
         reruns = {
             f"{prefix}{m}": value
-            for _, prefix in RERUNS
+            for _, prefix in ALSO_SCORED
             for m, value in recorded_means(scores.recorded, prefix).items()
         }
         per_job.append(JobResult(label, build, scores.adapted, scores.sequences, extra=reruns))

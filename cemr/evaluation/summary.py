@@ -11,9 +11,14 @@ import numpy as np
 from cemr.evaluation.builds import SEQUENCE_METRICS, mean_sd
 
 OVERALL_METRICS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
-# Adapted weights re-run over the whole target after the stream, by the prefix of their recorded metrics:
-# a model that became a per-frame tracker (its state in the weights) scores far worse here than in the stream.
-RERUNS = (("final weights, re-run", "snapshot_"), ("averaged weights, re-run", "average_"))
+# What a run scores besides the source model and what it emitted, by the prefix of its recorded metrics: the
+# stream's predictions before level 3's smoother, and the adapted weights re-run over the whole target after
+# the stream (a model that became a per-frame tracker, its state in the weights, scores far worse there).
+ALSO_SCORED = (
+    ("adapted, before the smoother", "unsmoothed_"),
+    ("final weights, re-run", "snapshot_"),
+    ("averaged weights, re-run", "average_"),
+)
 
 
 def recorded_means(recorded: dict[str, float], prefix: str) -> dict[str, float]:
@@ -71,7 +76,7 @@ def run_report(
     source: dict[str, np.ndarray] | None,
     recorded: dict[str, float],
 ) -> str:
-    """Markdown: overall table (source only, adapted, final weights re-run), per-sequence table and
+    """Markdown: overall table (source only, adapted, ALSO_SCORED), per-sequence table and
     the paired per-sequence differences adapted - source."""
     lines = [f"# {name}", "", "## Overall (mm, frame means)", ""]
     lines += ["| model | " + " | ".join(OVERALL_METRICS) + " |", "|---|" + "---|" * len(OVERALL_METRICS)]
@@ -80,7 +85,7 @@ def run_report(
     else:  # a run saved without the source model's predictions: its recorded means, if any
         before = recorded_means(recorded, "source_") or None
     models = [("source only", before), ("adapted", overall(adapted))]
-    for label, prefix in RERUNS:
+    for label, prefix in ALSO_SCORED:
         rerun = recorded_means(recorded, prefix)
         models += [(label, rerun)] if rerun else []
     for label, values in models:
