@@ -186,6 +186,16 @@ def test_level_three_takes_clip_steps_every_stride(parts):
     assert module.counters["skipped_steps"] == 0
 
 
+def test_level_three_without_its_clip_step_streams_as_level_two(parts):
+    stream = Stream([(0, 0)] * 8 + [(1, 0)] * 3)
+    three = stream_through(make_module(parts, adapter_cfg(levels=3, clip={"enabled": False})), stream)
+    two = stream_through(make_module(parts, adapter_cfg(levels=2)), stream)
+    assert three.counters["clip_steps"] == 0
+    assert same(weights(three), weights(two))
+    for key, value in two.predictions().items():
+        assert torch.equal(three.predictions()[key], value), key
+
+
 class Kill(L.Callback):
     def __init__(self, at):
         self.at = at

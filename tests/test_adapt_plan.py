@@ -40,6 +40,8 @@ def test_levels_enable_their_parts_and_nothing_above():
     # the fixed-lag smoother of the emitted predictions is level 3's
     assert three.smoothing and not two.smoothing
     assert not plan_of("adapter.levels=3", "adapter.smoothing.weight=0").smoothing
+    no_clip = plan_of("adapter.levels=3", "adapter.clip.enabled=false")
+    assert not no_clip.clip and not no_clip.video_align and no_clip.smoothing
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ class Plan:
     replay_inner: bool  # source labels in the inner step too (BOA)
     anchor: float  # after each outer step, weights <- weights + anchor * (source weights - weights); 0: off
     stopping: bool  # dynamic stopping: repeat the outer step while the feature moves more than tau
-    clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames
+    clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames (clip.enabled)
     video_align: bool  # level 3's alignment with the frozen video encoder
     emitted_smoothness: bool  # level 3's squared acceleration over the predictions emitted before t
     smoothing: bool  # level 3's fixed-lag smoother of the emitted predictions (cemr/adapt/smoothing.py)
@@ -71,6 +71,7 @@ class Plan:
                 f"order={smoothing.order} past={smoothing.past} lag={smoothing.lag}"
             )
         weights = adapter.loss_weights
+        clip = levels >= 3 and bool(adapter.clip.get("enabled", True))
         return cls(
             levels=levels,
             inner_steps=int(adapter.inner.steps) if levels >= 1 else 0,
@@ -82,8 +83,8 @@ class Plan:
             replay_inner=replay_inner,
             anchor=anchor if outer else 0.0,
             stopping=outer and bool(adapter.stopping.enabled),
-            clip=levels >= 3,
-            video_align=levels >= 3 and weights.video_align > 0,
+            clip=clip,
+            video_align=clip and weights.video_align > 0,
             emitted_smoothness=levels >= 3 and weights.emitted_smoothness > 0,
             smoothing=smooths,
             average=float(average) if outer and average is not None else None,
