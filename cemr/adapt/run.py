@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,17 @@ log = logging.getLogger(__name__)
 METRICS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
 
 
+@dataclass
+class Adapted:
+    """What a stream leaves: the predictions it emitted {index, pose, betas, cam} in dataset-row order,
+    its counters (steps taken, skipped, ...) and the averaged weights' model (None without
+    `adapter.average`)."""
+
+    predictions: dict[str, np.ndarray]
+    counters: dict[str, float]
+    average: torch.nn.Module | None
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     claim_run_dir(cfg, out_dir)  # before any work: a dir holding another run's outputs is refused
@@ -75,13 +87,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     # Before adapt(), which changes source.model in place; a DDP rank other than 0 only adapts.
     baseline = predict_frames(source.model, target) if is_global_zero() else None
-    if plan.levels == 0:
-        predictions = baseline
-    else:
-        predictions = adapt(cfg, plan, source, body_models["neutral"], data, out_dir, belongs_to)
-        if predictions is None:
+    adapted = Adapted(baseline, {}, None)
+    if plan.levels > 0:
+        adapted = adapt(cfg, plan, source, body_models["neutral"], data, out_dir, belongs_to)
+        if adapted is None:
             return {}  # rank 0 scores and writes every rank's predictions
-    unsmoothed = predictions
+    predictions = unsmoothed = adapted.predictions
     if plan.smoothing:  # as if frame t were emitted once t + lag is predicted; weights unchanged
         predictions = smooth_emitted(predictions, target.tracks, cfg.adapter.smoothing)
 
@@ -94,8 +105,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     metrics = {}
     if scorable:  # the re-runs of the adapted weights are only ever scored
         snapshot = predict_frames(source.model, target) if plan.levels > 0 else None
-        averaged = predictions.get("average")  # the weights averaged over the stream (adapter.average)
-        averaged = predict_frames(averaged, target) if averaged is not None else None
+        averaged = predict_frames(adapted.average, target) if adapted.average is not None else None
         scored = {"source_": baseline, "": predictions, "snapshot_": snapshot, "average_": averaged}
         scored["unsmoothed_"] = unsmoothed if plan.smoothing else None
         by_row = {}
@@ -105,7 +115,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 metrics.update({f"{prefix}{k}": v for k, v in summarize_errors(errors).items()})
                 by_row[prefix] = errors_by_row(frames, target, errors)
         write_text_atomic(out_dir / "per_frame.csv", frame_table(target, by_row))
-    metrics.update(predictions.get("counters", {}))
+    metrics.update(adapted.counters)
     write_metrics(metrics, out_dir)
     if not cfg.get("keep_stream_state"):  # every rank has finished: gather_predictions is collective
         for state in out_dir.glob(STREAM_STATES):
@@ -205,9 +215,9 @@ def projection_head(state: dict, video_encoder: torch.nn.Module, encoder_name: s
 
 def adapt(
     cfg: DictConfig, plan: Plan, source, body_model, data, out_dir: Path, belongs_to: dict | None = None
-) -> dict:
-    """Stream the target through the AdaptationModule; returns predictions {index, pose, betas, counters},
-    and under `adapter.average` the averaged weights' model (average).
+) -> Adapted | None:
+    """Stream the target through the AdaptationModule; returns what it emitted, its counters and,
+    under `adapter.average`, the model with the weights averaged over the stream.
 
     Under DDP (reset=sequence) each rank adapts its share of the sequences; rank 0 returns them all,
     the other ranks None.
@@ -269,8 +279,7 @@ def adapt(
     gathered = gather_predictions(local, counters, trainer.world_size)
     if gathered is None:
         return None
-    predictions, counters = gathered
-    return {**predictions, "counters": counters, "average": module.average}
+    return Adapted(*gathered, module.average)
 
 
 def replay_bank(cfg: DictConfig, model: torch.nn.Module, source_frames) -> ReplayBank:
