@@ -184,10 +184,8 @@ def test_level_three_emits_the_smoothed_stream(workspace, capsys):
     for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
         assert metrics[f"unsmoothed_{key}"] == pytest.approx(metrics[f"source_{key}"], abs=1e-4)
     assert "adapted, before the smoother" in capsys.readouterr().out
-    raw = adapt_run(adapt_cfg(root, "unsmoothed", [*still, "adapter.smoothing.weight=0"]))
-    assert raw["pa_mpjpe"] == pytest.approx(raw["source_pa_mpjpe"], abs=1e-4)
-    assert "unsmoothed_pa_mpjpe" not in raw
-    assert raw["snapshot_pa_mpjpe"] == metrics["snapshot_pa_mpjpe"]  # the weights are not touched
+    # the weights are not touched: at lr 0 their re-run is the source model's
+    assert metrics["snapshot_pa_mpjpe"] == pytest.approx(metrics["source_pa_mpjpe"], abs=1e-9)
 
 
 def test_emit_teacher_that_never_moves_emits_and_keeps_the_source_model(workspace):
