@@ -196,6 +196,18 @@ def test_level_three_without_its_clip_step_streams_as_level_two(parts):
         assert torch.equal(three.predictions()[key], value), key
 
 
+def test_pseudo_labels_act_in_the_clip_step_only(parts):
+    stream = Stream([(0, 0)] * 8)
+    plain = stream_through(make_module(parts, adapter_cfg(levels=3)), stream)
+    cfg = adapter_cfg(levels=3, loss_weights={"pseudo_labels": 10.0})
+    pseudo = stream_through(make_module(parts, cfg), stream)
+    assert pseudo.plan.pseudo_labels and not plain.plan.pseudo_labels
+    assert pseudo.counters["clip_steps"] == plain.counters["clip_steps"] == 2
+    first, second = plain.predictions(), pseudo.predictions()
+    assert torch.equal(first["pose"][:3], second["pose"][:3])  # frame 4 (index 3) holds the first clip step
+    assert not same(weights(plain), weights(pseudo))
+
+
 class Kill(L.Callback):
     def __init__(self, at):
         self.at = at

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cemr.adapt.smoothing import smooth_emitted, smooth_pose, smooth_track
+from cemr.adapt.smoothing import smooth_emitted, smooth_pose, smooth_rotations, smooth_track
 from cemr.geometry import axis_angle_to_rotmat
 
 
@@ -116,3 +116,16 @@ def test_predictions_out_of_row_order_are_refused():
     predictions["index"] = np.array([0, 2, 1, 3])
     with pytest.raises(ValueError, match="increasing dataset-row order"):
         smooth_emitted(predictions, [SimpleNamespace(start=0, stop=4)], SETTINGS)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_a_clips_pseudo_labels_are_the_smoother_over_the_whole_clip(order):
+    pose = np.random.default_rng(4).normal(scale=0.3, size=(9, 72))
+    rotmat = axis_angle_to_rotmat(torch.from_numpy(pose).view(9, 24, 3))
+    pseudo = smooth_rotations(rotmat, weight=30.0, order=order)
+    smoothed = smooth_pose(pose, 30.0, order, past=9, lag=9)
+    expected = axis_angle_to_rotmat(torch.from_numpy(smoothed).view(9, 24, 3))
+    assert pseudo.shape == rotmat.shape
+    torch.testing.assert_close(pseudo, expected, atol=1e-9, rtol=0)
+    still = rotmat[:1].expand(5, -1, -1, -1)
+    torch.testing.assert_close(smooth_rotations(still, 30.0, order), still, atol=1e-12, rtol=0)

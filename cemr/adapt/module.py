@@ -8,7 +8,8 @@ Per frame t (batch of one frame of one track); what runs is decided once by `Pla
      for the smoothness of its prediction after the ones already emitted; that loss updates the base
      weights (outer step), repeated while the head feature moved more than tau (dynamic stopping);
      `anchor` then pulls the weights part of the way back to the source model's;
-  3. clip: every `clip.stride` frames, a bilevel step on the track's last `clip.length` frames.
+  3. clip: every `clip.stride` frames, a bilevel step on the track's last `clip.length` frames (with
+     their predictions, smoothed over the clip, as pseudo-labels when `loss_weights.pseudo_labels`).
 Then the prediction for frame t is recorded: the clone's at level 1 (which never changes the base
 weights); at levels 2-3 the updated base model's (`emit: updated`, DynaBOA), the clone's that the
 outer step scored (`emit: clone`, one forward less), or the EMA teacher's after the update (`emit: teacher`).
@@ -34,6 +35,7 @@ from torch import nn
 from cemr.adapt import levels
 from cemr.adapt.inner import InnerLoop
 from cemr.adapt.plan import Plan
+from cemr.adapt.smoothing import smooth_rotations
 from cemr.adapt.teacher import ema_update, make_teacher
 from cemr.evaluation.metrics import pa_mpjpe
 from cemr.evaluation.protocol import joints14
@@ -323,6 +325,12 @@ class AdaptationModule(L.LightningModule):
         pred = self.predict_body(clone, images[scored:], pasts[scored:])
         second = _slice(pred, pred.rotmat.shape[0] - (len(frames) - half), pred.rotmat.shape[0])
         outer, parts = levels.clip_objective(second, keypoints[half:], w)
+        if self.plan.pseudo_labels:
+            pseudo = smooth_rotations(
+                torch.cat([f["rotmat"] for f in frames]), self.cfg.smoothing.weight, self.cfg.smoothing.order
+            )
+            parts["pseudo_labels"] = w.pseudo_labels * F.mse_loss(second.rotmat, pseudo[half:])
+            outer = outer + parts["pseudo_labels"]
         if video_embedding is not None:
             parts["video_align"] = w.video_align * levels.video_align(pred, video_embedding, self.align_head)
             outer = outer + parts["video_align"]
@@ -355,6 +363,8 @@ class AdaptationModule(L.LightningModule):
             with torch.no_grad():
                 final = self._finite_or(self.predict_body(clone, images, [frame.get("past")]), unadapted)
         entry = {"img": images.detach(), "keypoints": keypoints.detach(), "past": frame.get("past")}
+        if self.plan.pseudo_labels:  # as predicted before any clip step of frame t
+            entry["rotmat"] = final.rotmat.detach()
         self.history.append(entry)
         self.frames_in_track += 1
         if (

@@ -27,6 +27,7 @@ class Plan:
     stopping: bool  # dynamic stopping: repeat the outer step while the feature moves more than tau
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames (clip.enabled)
     video_align: bool  # level 3's alignment with the frozen video encoder
+    pseudo_labels: bool  # level 3: the clip's predictions, smoothed, as 3D pseudo-labels (CycleAdapt)
     emitted_smoothness: bool  # level 3's squared acceleration over the predictions emitted before t
     smoothing: bool  # level 3's fixed-lag smoother of the emitted predictions (cemr/adapt/smoothing.py)
     average: float | None  # EMA decay of the weights averaged after every frame, the run's adapted model
@@ -85,6 +86,7 @@ class Plan:
             stopping=outer and bool(adapter.stopping.enabled),
             clip=clip,
             video_align=clip and weights.video_align > 0,
+            pseudo_labels=clip and weights.get("pseudo_labels", 0.0) > 0,
             emitted_smoothness=levels >= 3 and weights.emitted_smoothness > 0,
             smoothing=smooths,
             average=float(average) if outer and average is not None else None,

@@ -43,6 +43,20 @@ def smoothing_weights(
     return rows
 
 
+@lru_cache(maxsize=64)
+def _clip_matrix(size: int, weight: float, order: int) -> np.ndarray:
+    return np.stack([_window_row(size, t, weight, order) for t in range(size)])
+
+
+def smooth_rotations(rotmat: torch.Tensor, weight: float, order: int) -> torch.Tensor:
+    """A clip's (T, ..., 3, 3) rotations smoothed over the whole clip (every frame's window holds all T
+    frames), in 6D and projected back onto SO(3): level 3's pseudo-labels (CycleAdapt's denoised motion)."""
+    rot6d = rotmat_to_rot6d(rotmat)
+    matrix = torch.as_tensor(_clip_matrix(len(rotmat), float(weight), int(order)))
+    smoothed = torch.tensordot(matrix.to(rot6d), rot6d, dims=1)
+    return rot6d_to_rotmat(smoothed)
+
+
 def smooth_track(values: np.ndarray, weight: float, order: int, past: int, lag: int) -> np.ndarray:
     """The smoother applied along axis 0 of one track's (T, ...) values (float64 out)."""
     values = np.asarray(values, dtype=np.float64)
