@@ -208,6 +208,33 @@ def test_pseudo_labels_act_in_the_clip_step_only(parts):
     assert not same(weights(plain), weights(pseudo))
 
 
+def test_the_smoothed_context_is_the_smoother_at_frame_t_minus_k_of_the_frames_emitted_before_t(parts):
+    from cemr.adapt.smoothing import smooth_pose
+    from cemr.geometry import axis_angle_to_rotmat, rotmat_to_axis_angle
+
+    cfg = adapter_cfg(levels=3, loss_weights={"smoothed_context": 10.0}, smoothing={"past": 6, "lag": 3})
+    cfg.motion.interval = 2
+    module = make_module(parts, cfg)
+    assert module.plan.smoothed_context and module.history.maxlen == max(8, cfg.clip.length)
+    pose = torch.from_numpy(np.random.default_rng(2).normal(scale=0.3, size=(11, 72)))
+    for frame in pose:
+        module.history.append({"rotmat": axis_angle_to_rotmat(frame.view(1, 24, 3))})
+    # frames t-8 .. t-1 are the last 8 of the 11; frame t-2 is the 7th of them (its lag is 1)
+    expected = smooth_pose(pose[-8:].numpy(), cfg.smoothing.weight, 1, past=6, lag=1)[-2]
+    got = rotmat_to_axis_angle(module._smoothed_context_rotations()).reshape(72)
+    torch.testing.assert_close(got, torch.from_numpy(expected), atol=1e-9, rtol=0)
+
+
+def test_the_smoothed_context_changes_the_stream_from_the_first_context_frame_on(parts):
+    stream = Stream([(0, 0)] * 8)
+    plain = stream_through(make_module(parts, adapter_cfg(levels=3)), stream)
+    cfg = adapter_cfg(levels=3, loss_weights={"smoothed_context": 10.0})
+    pseudo = stream_through(make_module(parts, cfg), stream)
+    first, second = plain.predictions()["pose"], pseudo.predictions()["pose"]
+    k = cfg.motion.interval  # frame k is the first with a context frame (t - k = 0)
+    assert torch.equal(first[:k], second[:k]) and not torch.equal(first[k], second[k])
+
+
 class Kill(L.Callback):
     def __init__(self, at):
         self.at = at

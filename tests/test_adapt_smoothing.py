@@ -129,3 +129,6 @@ def test_a_clips_pseudo_labels_are_the_smoother_over_the_whole_clip(order):
     torch.testing.assert_close(pseudo, expected, atol=1e-9, rtol=0)
     still = rotmat[:1].expand(5, -1, -1, -1)
     torch.testing.assert_close(smooth_rotations(still, 30.0, order), still, atol=1e-12, rtol=0)
+    for at in (0, 4, 8):
+        one = smooth_rotations(rotmat, weight=30.0, order=order, at=at)
+        torch.testing.assert_close(one, pseudo[at : at + 1], atol=1e-12, rtol=0)

@@ -87,6 +87,8 @@ class AdaptationModule(L.LightningModule):
         self.replay_generator = torch.Generator().manual_seed(seed)
         self.seq_len = getattr(model, "seq_len", None)  # a sequence model's causal window
         history = max(adapter.motion.interval + 1, adapter.clip.length, (self.seq_len or 1) - 1)
+        if self.plan.smoothed_context:  # the smoother's window of frame t-k, up to frame t-1
+            history = max(history, adapter.smoothing.past + adapter.motion.interval)
         self.history: deque[dict[str, torch.Tensor]] = deque(maxlen=history)
         self.track: tuple[int, int] | None = None
         self.frames_in_track = 0
@@ -255,6 +257,10 @@ class AdaptationModule(L.LightningModule):
             if plan.context:
                 context, _ = levels.frame_objective(before, earlier["keypoints"], self.pose_prior, w)
                 parts["context"] = w.context * context
+            if plan.smoothed_context:
+                parts["smoothed_context"] = w.smoothed_context * F.mse_loss(
+                    before.rotmat, self._smoothed_context_rotations()
+                )
             if plan.motion:
                 parts["motion"] = w.motion * levels.losses.motion_consistency(
                     now.keypoints_2d, before.keypoints_2d, frame["keypoints"], earlier["keypoints"]
@@ -268,9 +274,17 @@ class AdaptationModule(L.LightningModule):
             parts["emitted_smoothness"] = w.emitted_smoothness * levels.losses.emitted_smoothness(
                 now.joints[:, levels.losses.GT_JOINTS], emitted, order
             )
-        extra = ("teacher", "context", "motion", "replay", "emitted_smoothness")
+        extra = ("teacher", "context", "smoothed_context", "motion", "replay", "emitted_smoothness")
         total = total + sum(v for k, v in parts.items() if k in extra)
         return total, parts, now
+
+    def _smoothed_context_rotations(self) -> torch.Tensor:
+        """The smoother's estimate of frame t-k's rotations (1, 24, 3, 3) from the predictions emitted for
+        frames t-k-past .. t-1 of this track (its lag is k-1: frame t is not predicted yet)."""
+        k, smoothing = self.cfg.motion.interval, self.cfg.smoothing
+        window = list(self.history)[-(smoothing.past + k) :]
+        rotmat = torch.cat([f["rotmat"] for f in window])
+        return smooth_rotations(rotmat, smoothing.weight, smoothing.order, at=len(window) - k)
 
     def _replay_loss(self, pred: BodyPrediction, source: dict[str, torch.Tensor]) -> torch.Tensor:
         """The labelled source loss of the replayed samples; the i-th nearest weighs decay^i (normalised)."""
@@ -363,7 +377,7 @@ class AdaptationModule(L.LightningModule):
             with torch.no_grad():
                 final = self._finite_or(self.predict_body(clone, images, [frame.get("past")]), unadapted)
         entry = {"img": images.detach(), "keypoints": keypoints.detach(), "past": frame.get("past")}
-        if self.plan.pseudo_labels:  # as predicted before any clip step of frame t
+        if self.plan.pseudo_labels or self.plan.smoothed_context:  # as predicted before any clip step
             entry["rotmat"] = final.rotmat.detach()
         self.history.append(entry)
         self.frames_in_track += 1

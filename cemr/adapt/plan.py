@@ -28,6 +28,8 @@ class Plan:
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames (clip.enabled)
     video_align: bool  # level 3's alignment with the frozen video encoder
     pseudo_labels: bool  # level 3: the clip's predictions, smoothed, as 3D pseudo-labels (CycleAdapt)
+    smoothed_context: bool  # level 3: the smoother's estimate of frame t-k from the predictions emitted
+    # up to t-1, a pseudo-label of frame t-k's rotations in the outer step
     emitted_smoothness: bool  # level 3's squared acceleration over the predictions emitted before t
     smoothing: bool  # level 3's fixed-lag smoother of the emitted predictions (cemr/adapt/smoothing.py)
     average: float | None  # EMA decay of the weights averaged after every frame, the run's adapted model
@@ -87,6 +89,10 @@ class Plan:
             clip=clip,
             video_align=clip and weights.video_align > 0,
             pseudo_labels=clip and weights.get("pseudo_labels", 0.0) > 0,
+            smoothed_context=smooths
+            and outer
+            and bool(adapter.context.enabled)
+            and weights.get("smoothed_context", 0.0) > 0,
             emitted_smoothness=levels >= 3 and weights.emitted_smoothness > 0,
             smoothing=smooths,
             average=float(average) if outer and average is not None else None,
