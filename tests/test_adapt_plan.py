@@ -42,6 +42,17 @@ def test_levels_enable_their_parts_and_nothing_above():
     assert not plan_of("adapter.levels=3", "adapter.smoothing.weight=0").smoothing
     no_clip = plan_of("adapter.levels=3", "adapter.clip.enabled=false")
     assert not no_clip.clip and not no_clip.video_align and no_clip.smoothing
+    # level 3's optional terms (off by default; README, "Tried in session 11")
+    assert not (three.pseudo_labels or three.smoothed_context or three.clip_replay)
+    assert plan_of("adapter.levels=3", "adapter.loss_weights.pseudo_labels=1").pseudo_labels
+    assert not plan_of("adapter.levels=2", "adapter.loss_weights.pseudo_labels=1").pseudo_labels
+    assert plan_of("adapter.levels=3", "adapter.loss_weights.smoothed_context=1").smoothed_context
+    assert not plan_of(
+        "adapter.levels=3", "adapter.loss_weights.smoothed_context=1", "adapter.smoothing.weight=0"
+    ).smoothed_context  # the smoother's estimate needs the smoother
+    assert plan_of("adapter.levels=3", "adapter.clip.replay=true").clip_replay
+    no_replay = plan_of("adapter.levels=3", "adapter.clip.replay=true", "adapter.replay.enabled=false")
+    assert not no_replay.clip_replay
 
 
 @pytest.mark.parametrize(
@@ -250,6 +261,34 @@ def test_replayed_samples_weigh_decay_to_the_rank(parts):
     )
 
 
+def test_the_clip_step_replays_frame_ts_source_samples_when_asked(parts):
+    gen = torch.Generator().manual_seed(3)
+    bank = [
+        {
+            "img": torch.randn(3, 32, 32, generator=gen),
+            "keypoints": torch.cat([torch.rand(49, 2, generator=gen), torch.ones(49, 1)], -1),
+            "pose": torch.zeros(72),
+            "betas": torch.zeros(10),
+            "joints3d": torch.zeros(24, 4),
+            "has_smpl": torch.tensor(1.0),
+        }
+        for _ in range(5)
+    ]
+    runs = []
+    for clip_replay in (False, True):
+        cfg = adapter_cfg(levels=3, clip={"replay": clip_replay})
+        cfg.replay.enabled, cfg.replay.retrieval, cfg.replay.samples = True, "random", 2
+        module = make_module(parts, cfg)
+        module.replay_source = (None, bank)
+        module.replay_weights = compose_config("adapt").training.loss_weights
+        assert module.plan.clip_replay == clip_replay
+        runs.append(stream_through(module, Stream([(0, 0)] * 8)))
+    plain, replayed = runs
+    assert plain.counters["clip_steps"] == replayed.counters["clip_steps"] == 2
+    first, second = plain.predictions()["pose"], replayed.predictions()["pose"]
+    assert torch.equal(first[:3], second[:3]) and not torch.equal(first[3], second[3])  # clip step at frame 4
+
+
 def test_adapter_config_keys_of_the_plan_exist():
     adapter = compose_config("adapt").adapter
     for key in (
@@ -262,6 +301,9 @@ def test_adapter_config_keys_of_the_plan_exist():
         "loss_weights.emitted_smoothness",
         "smoothing.weight",
         "smoothing.lag",
+        "clip.replay",
+        "loss_weights.pseudo_labels",
+        "loss_weights.smoothed_context",
     ):
         assert OmegaConf.select(adapter, key) is not None, key
 

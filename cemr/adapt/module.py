@@ -314,9 +314,10 @@ class AdaptationModule(L.LightningModule):
         dtype = frame["img"].dtype
         return {k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(self.device, dtype) for k in keys}
 
-    def _clip_step(self) -> None:
-        """Level 3: adapt a clone on the first half of the clip and score it on the second half; the
-        video alignment compares P(mean features of all T frames) with E_video of the same T frames."""
+    def _clip_step(self, source: dict[str, torch.Tensor] | None = None) -> None:
+        """Level 3: adapt a clone on the first half of the clip and score it on the second half (and on
+        the source samples frame t replayed, when `clip.replay`); the video alignment compares P(mean
+        features of all T frames) with E_video of the same T frames."""
         frames = list(self.history)[-self.cfg.clip.length :]
         images = torch.cat([f["img"] for f in frames])
         pasts = [f.get("past") for f in frames]
@@ -336,9 +337,15 @@ class AdaptationModule(L.LightningModule):
             return
         clone = self.inner.step(clone, inner)
         scored = 0 if video_embedding is not None else half  # the alignment sees the whole clip
-        pred = self.predict_body(clone, images[scored:], pasts[scored:])
+        batch = images[scored:] if source is None else torch.cat([images[scored:], source["img"]])
+        pred = self.predict_body(clone, batch, pasts[scored:])
+        replayed = _slice(pred, len(frames) - scored, pred.rotmat.shape[0])
+        pred = _slice(pred, 0, len(frames) - scored)
         second = _slice(pred, pred.rotmat.shape[0] - (len(frames) - half), pred.rotmat.shape[0])
         outer, parts = levels.clip_objective(second, keypoints[half:], w)
+        if source is not None:
+            parts["replay"] = self._replay_loss(replayed, source)
+            outer = outer + parts["replay"]
         if self.plan.pseudo_labels:
             pseudo = smooth_rotations(
                 torch.cat([f["rotmat"] for f in frames]), self.cfg.smoothing.weight, self.cfg.smoothing.order
@@ -386,7 +393,7 @@ class AdaptationModule(L.LightningModule):
             and len(self.history) >= self.cfg.clip.length
             and self.frames_in_track % self.cfg.clip.stride == 0
         ):
-            self._clip_step()
+            self._clip_step(frame.get("source") if self.plan.clip_replay else None)
             if self.plan.emit == "updated":
                 with torch.no_grad():
                     final = self.predict_body(self.model, images, [frame.get("past")])
