@@ -75,6 +75,9 @@ def test_paired_differences_per_build_and_sequence():
     assert summary["sd"] == pytest.approx(statistics.stdev(expected))
     assert summary["sem"] == pytest.approx(statistics.stdev(expected) / 6**0.5)
     assert (summary["better"], summary["worse"], summary["pairs"]) == (4, 1, 6)
+    gains = [statistics.fmean(expected[2 * b : 2 * b + 2]) for b in range(3)]  # each build's two sequences
+    assert paired.per_build == pytest.approx(dict(enumerate(gains)))
+    assert summary["build_sd"] == pytest.approx(statistics.stdev(gains))
 
 
 def test_report_lists_both_tables():
@@ -82,6 +85,9 @@ def test_report_lists_both_tables():
     mean0 = statistics.fmean([statistics.fmean(FRAMES["adapter.levels=0", b]) for b in range(3)])
     assert f"| adapter.levels=0 | 3 | {2 * mean0:.1f} +- " in report
     assert "| adapter.levels=3 | adapter.levels=0 | " in report and "4 / 1 of 6" in report
+    paired = paired_differences(jobs(), "adapter.levels=0", "adapter.levels=3")
+    gains = ", ".join(f"{b}: {g:+.1f}" for b, g in paired.per_build.items())
+    assert f"| {gains} ({paired.summary['build_sd']:.1f}) |" in report
 
 
 def test_a_config_twice_on_one_build_and_disjoint_configs_are_refused():

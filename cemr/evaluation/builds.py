@@ -86,6 +86,12 @@ class PairedDifference:
     pairs: tuple[tuple[int, str], ...]
 
     @property
+    def per_build(self) -> dict[int, float]:
+        """build -> the mean of its sequences' differences (the gain on that build)."""
+        builds = np.asarray([build for build, _ in self.pairs])
+        return {int(b): float(self.differences[builds == b].mean()) for b in dict.fromkeys(builds.tolist())}
+
+    @property
     def summary(self) -> dict[str, float]:
         mean, sd, n = mean_sd(self.differences)
         return {
@@ -95,6 +101,7 @@ class PairedDifference:
             "sem": sd / np.sqrt(n) if n else float("nan"),
             "better": int(np.sum(self.differences < 0)),
             "worse": int(np.sum(self.differences > 0)),
+            "build_sd": mean_sd(self.per_build.values())[1],  # the spread of the gain between builds
         }
 
 
@@ -161,15 +168,17 @@ def builds_report(
             "",
             f"## Paired per-sequence differences of {metric} (row - baseline, mm; negative = row better)",
             "",
-            "| config | baseline | mean +- sd | sem | sequences better / worse |",
-            "|---|---|---|---|---|",
+            "| config | baseline | mean +- sd | sem | sequences better / worse | per build (sd of those) |",
+            "|---|---|---|---|---|---|",
         ]
         for i, baseline in enumerate(labels):
             for treatment in labels[i + 1 :]:
-                s = paired_differences(jobs, baseline, treatment, metric).summary
+                paired = paired_differences(jobs, baseline, treatment, metric)
+                s = paired.summary
+                per_build = ", ".join(f"{build}: {gain:+.1f}" for build, gain in paired.per_build.items())
                 lines.append(
                     f"| {treatment} | {baseline} | {s['mean']:+.1f} +- {s['sd']:.1f} | {s['sem']:.1f} | "
-                    f"{s['better']} / {s['worse']} of {s['pairs']} |"
+                    f"{s['better']} / {s['worse']} of {s['pairs']} | {per_build} ({s['build_sd']:.1f}) |"
                 )
     return "\n".join(lines) + "\n"
 
