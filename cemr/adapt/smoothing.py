@@ -43,18 +43,14 @@ def smoothing_weights(
     return rows
 
 
-@lru_cache(maxsize=64)
-def _clip_matrix(size: int, weight: float, order: int) -> np.ndarray:
-    return np.stack([_window_row(size, t, weight, order) for t in range(size)])
-
-
 def smooth_rotations(rotmat: torch.Tensor, weight: float, order: int, at: int | None = None) -> torch.Tensor:
     """A clip's (T, ..., 3, 3) rotations smoothed over the whole clip (every frame's window holds all T
     frames), in 6D and projected back onto SO(3): level 3's pseudo-labels (CycleAdapt's denoised motion).
     `at`: only frame `at`'s (1, ..., 3, 3), the clip being its window."""
     rot6d = rotmat_to_rot6d(rotmat)
     size, weight, order = len(rotmat), float(weight), int(order)
-    matrix = _clip_matrix(size, weight, order) if at is None else _window_row(size, at, weight, order)[None]
+    frames = range(size) if at is None else [at]
+    matrix = np.stack([_window_row(size, t, weight, order) for t in frames])  # rows cached by _window_row
     smoothed = torch.tensordot(torch.as_tensor(matrix).to(rot6d), rot6d, dims=1)
     return rot6d_to_rotmat(smoothed)
 
