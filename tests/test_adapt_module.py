@@ -196,6 +196,57 @@ def test_level_three_without_its_clip_step_streams_as_level_two(parts):
         assert torch.equal(three.predictions()[key], value), key
 
 
+def test_a_guarded_clip_step_that_does_not_lower_the_clip_loss_is_undone(parts):
+    """At clip lr 10 every clip step sends the weights off; the guard puts back the weights and the clip
+    optimiser's (empty) state, so the stream is level 3 without its clip step, frame for frame."""
+    stream = Stream([(0, 0)] * 8 + [(1, 0)] * 3)
+    cfg = adapter_cfg(levels=3, clip={"guard": True})
+    cfg.clip.lr = 10.0
+    guarded = stream_through(make_module(parts, cfg), stream)
+    plain = stream_through(make_module(parts, adapter_cfg(levels=3, clip={"enabled": False})), stream)
+    assert guarded.counters["clip_steps"] == guarded.counters["clip_steps_undone"] == 2
+    assert guarded.optimizers(use_pl_optimizer=False)[1].state_dict()["state"] == {}
+    assert same(weights(guarded), weights(plain))
+    for key, value in plain.predictions().items():
+        assert torch.equal(guarded.predictions()[key], value), key
+
+
+def test_the_clip_guard_keeps_a_step_that_lowers_the_clip_loss_and_undoes_a_non_finite_one(parts):
+    from cemr.adapt import levels
+
+    module = make_module(parts, adapter_cfg(levels=3, clip={"guard": True}))
+    stream_through(module, Stream([(0, 0)] * 2))  # attaches a trainer and its optimisers
+    clip = Stream([(0, 0)] * 4, seed=1)
+    images, keypoints = clip.img, clip.kp
+    good = [p.detach().clone() for p in module.model.parameters()]
+    bad = [p + 0.5 * torch.randn_like(p) for p in good]
+
+    def load(values):
+        with torch.no_grad():
+            for p, v in zip(module.model.parameters(), values, strict=True):
+                p.copy_(v)
+
+    def clip_loss():
+        with torch.no_grad():
+            pred = module.predict_body(module.model, images)
+            return float(levels.clip_objective(pred, keypoints, module.cfg.loss_weights)[0])
+
+    load(bad)
+    worse = clip_loss()
+    undo = module._clip_guard(images, [None] * 4, keypoints)
+    load(good)
+    assert clip_loss() < worse  # the premise: the step from `bad` to `good` lowers the clip loss
+    undo()
+    assert module.counters["clip_steps_undone"] == 0
+    assert all(torch.equal(p, g) for p, g in zip(module.model.parameters(), good, strict=True))
+
+    undo = module._clip_guard(images, [None] * 4, keypoints)
+    load([torch.full_like(p, float("nan")) for p in good])
+    undo()
+    assert module.counters["clip_steps_undone"] == 1
+    assert all(torch.equal(p, g) for p, g in zip(module.model.parameters(), good, strict=True))
+
+
 def test_pseudo_labels_act_in_the_clip_step_only(parts):
     stream = Stream([(0, 0)] * 8)
     plain = stream_through(make_module(parts, adapter_cfg(levels=3)), stream)

@@ -92,7 +92,9 @@ class AdaptationModule(L.LightningModule):
         self.history: deque[dict[str, torch.Tensor]] = deque(maxlen=history)
         self.track: tuple[int, int] | None = None
         self.frames_in_track = 0
-        self.counters = {"outer_steps": 0, "extra_steps": 0, "clip_steps": 0, "skipped_steps": 0}
+        self.counters = {
+            "outer_steps": 0, "extra_steps": 0, "clip_steps": 0, "clip_steps_undone": 0, "skipped_steps": 0
+        }
         self.records: list[dict[str, torch.Tensor]] = []  # packed chunks of frames, then single frames
         self._packed = 0  # how many leading entries of records are packed chunks
         self._frames = 0
@@ -328,6 +330,7 @@ class AdaptationModule(L.LightningModule):
                 video_embedding = self.video_encoder(images.transpose(0, 1)[None])
         half = len(frames) // 2
         w = self.cfg.loss_weights
+        guard = self._clip_guard(images, pasts, keypoints) if self.cfg.clip.get("guard", False) else None
         clone = self.inner.clone()
         inner, _ = levels.clip_objective(
             self.predict_body(clone, images[:half], pasts[:half]), keypoints[:half], w
@@ -358,6 +361,36 @@ class AdaptationModule(L.LightningModule):
         if self._step(self.optimizers()[1], outer):
             self.counters["clip_steps"] += 1
             self._log_parts("clip", parts)
+            if guard is not None:
+                guard()
+
+    def _clip_guard(self, images: torch.Tensor, pasts: list, keypoints: torch.Tensor):
+        """`clip.guard`: the base model's clip objective on all T frames, and its weights and clip
+        optimiser state, before the clip step; returns what undoes the step if that objective did not
+        fall (one clip step, video-aligned, can send a sequence's predictions off, README)."""
+        optimizer = self.optimizers(use_pl_optimizer=False)[1]
+        params = list(self.model.parameters())
+
+        def clip_loss() -> torch.Tensor:
+            with torch.no_grad():
+                pred = self.predict_body(self.model, images, pasts)
+                return levels.clip_objective(pred, keypoints, self.cfg.loss_weights)[0]
+
+        before = clip_loss()
+        weights = [p.detach().clone() for p in params]
+        state = copy.deepcopy(optimizer.state_dict())
+
+        def undo_unless_better() -> None:
+            after = clip_loss()
+            if bool(torch.isfinite(after)) and after < before:
+                return
+            with torch.no_grad():
+                for p, w in zip(params, weights, strict=True):
+                    p.copy_(w)
+            optimizer.load_state_dict(state)
+            self.counters["clip_steps_undone"] += 1
+
+        return undo_unless_better
 
     # ------------------------------------------------------------------ the stream
 
