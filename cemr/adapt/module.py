@@ -92,9 +92,8 @@ class AdaptationModule(L.LightningModule):
         self.history: deque[dict[str, torch.Tensor]] = deque(maxlen=history)
         self.track: tuple[int, int] | None = None
         self.frames_in_track = 0
-        self.counters = {
-            "outer_steps": 0, "extra_steps": 0, "clip_steps": 0, "clip_steps_undone": 0, "skipped_steps": 0
-        }
+        counted = ("outer_steps", "extra_steps", "clip_steps", "clip_steps_undone", "skipped_steps")
+        self.counters = dict.fromkeys(counted, 0)
         self.records: list[dict[str, torch.Tensor]] = []  # packed chunks of frames, then single frames
         self._packed = 0  # how many leading entries of records are packed chunks
         self._frames = 0
