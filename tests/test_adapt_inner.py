@@ -3,6 +3,8 @@ weights bit for bit, and never leaves the base weights moved."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -90,3 +92,72 @@ def test_a_failure_after_the_inner_step_leaves_the_base_weights_where_they_were(
     assert not module.inner._moved
     for key, value in module.model.state_dict().items():
         assert torch.equal(value, base[key]), key
+
+
+def _learned_step(lr, rate, bounds=(1e-7, 1e-3), steps=1):
+    """One in-place clone, `steps` inner steps on a quadratic, then the outer gradient at the moved
+    weights handed to learn_lrs; returns the loop and, per tensor, the cosine computed independently."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    inner = InnerLoop(model, lr=lr, first_order=True, max_grad_norm=None, lr_rate=rate, lr_bounds=bounds)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    base = [p.detach().clone() for p in model.parameters()]
+    clone = inner.clone()
+    moved_by = [torch.zeros_like(p) for p in base]
+    for _ in range(steps):
+        grads = torch.autograd.grad((clone(x) - y).pow(2).mean(), list(model.parameters()))
+        moved_by = [m + g for m, g in zip(moved_by, grads, strict=True)]
+        inner.step(clone, (clone(x) - y).pow(2).mean())
+    for p, b, m in zip(model.parameters(), base, moved_by, strict=True):
+        assert torch.allclose(p, b - lr * m, atol=1e-7)  # each tensor moved by its own lr (all = lr here)
+    outer = torch.autograd.grad((model(x) - y).pow(2).mean(), list(model.parameters()))
+    inner.learn_lrs(list(outer))
+    inner.restore()
+    cosines = [float((m * o).sum() / (m.norm() * o.norm())) for m, o in zip(moved_by, outer, strict=True)]
+    return inner, cosines
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_learned_inner_lr_rises_where_the_step_helped_the_outer_loss(steps):
+    """A small step down a quadratic: the outer gradient at the moved weights still points along the
+    inner one, so each tensor's log lr rises by rate x their cosine (computed here by hand)."""
+    inner, cosines = _learned_step(lr=1e-3, rate=0.1, bounds=(1e-7, 1.0), steps=steps)
+    assert all(c > 0.9 for c in cosines)
+    expected = [math.log(1e-3) + 0.1 * c for c in cosines]
+    assert inner.log_lrs.tolist() == pytest.approx(expected, abs=1e-6)
+    assert inner.lrs() == pytest.approx([math.exp(e) for e in expected], rel=1e-6)
+    inner.learn_lrs([None] * len(cosines))  # no clone stepped since: nothing to learn from
+    assert inner.log_lrs.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_learned_inner_lr_falls_where_the_step_overshot_and_stays_in_its_bounds():
+    inner, cosines = _learned_step(lr=5.0, rate=0.1, bounds=(1e-7, 10.0))
+    assert min(cosines) < 0
+    expected = [math.log(5.0) + 0.1 * c for c in cosines]
+    assert inner.log_lrs.tolist() == pytest.approx(expected, abs=1e-6)
+    capped, _ = _learned_step(lr=1e-3, rate=5.0, bounds=(1e-7, 1e-3))
+    assert capped.lrs() == pytest.approx([1e-3] * 4, rel=1e-9)  # the rises stop at the upper bound
+
+
+def test_a_learned_inner_lr_needs_a_first_order_step_and_an_lr_within_its_bounds():
+    with pytest.raises(ValueError, match="needs a first-order inner step"):
+        InnerLoop(nn.Linear(2, 2), lr=1e-4, first_order=False, max_grad_norm=None, lr_rate=0.1)
+    with pytest.raises(ValueError, match="lr_bounds"):
+        InnerLoop(nn.Linear(2, 2), lr=1e-2, first_order=True, max_grad_norm=None, lr_rate=0.1)
+    assert InnerLoop(nn.Linear(2, 2), lr=1e-2, first_order=True, max_grad_norm=None).lrs() is None
+
+
+def test_the_learned_inner_lrs_move_in_the_stream_restart_with_a_sequence_and_resume(parts, tmp_path):
+    cfg = adapter_cfg(levels=2, reset="sequence")
+    cfg.inner.lr, cfg.inner.lr_rate = 1e-4, 0.5
+    stream = Stream([(0, 0)] * 4)
+    module = stream_through(make_module(parts, cfg), stream)
+    learned = module.inner.log_lrs.clone()
+    assert not torch.allclose(learned, torch.full_like(learned, math.log(1e-4)))
+    assert ((learned >= math.log(1e-7) - 1e-9) & (learned <= math.log(1e-3) + 1e-9)).all()
+    torch.save(module.resume_state(), tmp_path / "state.pt")
+    resumed = make_module(parts, cfg)
+    resumed.load_resume_state(tmp_path / "state.pt")
+    assert torch.equal(resumed.inner.log_lrs, learned)
+    module.reset_to_source()
+    assert torch.equal(module.inner.log_lrs, torch.full_like(learned, math.log(1e-4)))

@@ -75,7 +75,14 @@ class AdaptationModule(L.LightningModule):
         self.replay_source = replay_source  # (PoseIndex or ReplayBank, dataset) or None
         self.replay_weights = replay_weights  # the source-training loss weights
         inner = adapter.inner
-        self.inner = InnerLoop(model, inner.lr, inner.first_order, inner.max_grad_norm)  # level 1's clone
+        self.inner = InnerLoop(  # level 1's clone
+            model,
+            inner.lr,
+            inner.first_order,
+            inner.max_grad_norm,
+            lr_rate=inner.get("lr_rate", 0.0),
+            lr_bounds=tuple(inner.get("lr_bounds", (1e-7, 1e-3))),
+        )
         self.teacher = make_teacher(model) if self.plan.teacher else None
         self.average = make_teacher(model) if self.plan.average is not None else None  # not in the loop
         for frozen in (self.body_model, self.pose_prior, self.video_encoder, self.align_head):
@@ -160,6 +167,7 @@ class AdaptationModule(L.LightningModule):
         try:
             if finite:
                 self.manual_backward(loss)
+                self.inner.learn_lrs([p.grad for p in self.model.parameters()])
         finally:
             self.inner.restore()
         if not finite:
@@ -193,6 +201,7 @@ class AdaptationModule(L.LightningModule):
         """
         self.model.load_state_dict(self.source_state)
         self.replay_generator.manual_seed(self.seed)
+        self.inner.reset_lrs()
         for copied in (self.teacher, self.average):
             if copied is not None:
                 copied.load_state_dict(self.source_state)
@@ -552,6 +561,7 @@ class AdaptationModule(L.LightningModule):
             "track": list(self.track) if self.track is not None else None,
             "frames_in_track": self.frames_in_track,
             "counters": dict(self.counters),
+            "inner_log_lrs": self.inner.log_lrs,
             "records": self.records,
         }
 
@@ -572,6 +582,7 @@ class AdaptationModule(L.LightningModule):
         self.track = tuple(state["track"]) if state["track"] is not None else None
         self.frames_in_track = state["frames_in_track"]
         self.counters.update(state["counters"])
+        self.inner.log_lrs = state.get("inner_log_lrs")
         self.records = list(state["records"])
         self._packed = sum(len(r["index"]) > 1 for r in self.records)
         self._frames = sum(len(r["index"]) for r in self.records)
