@@ -545,6 +545,9 @@ class AdaptationModule(L.LightningModule):
                 self.log(f"{level}/{name}", value, on_step=True, batch_size=1)
         for name, value in self.counters.items():
             self.log(f"count/{name}", float(value), on_step=True, batch_size=1)
+        if self.inner.log_lrs is not None:
+            mean = float(self.inner.log_lrs.mean()) / math.log(10)
+            self.log("inner/log10_lr_mean", mean, on_step=True, batch_size=1)
 
     # ------------------------------------------------------------------ resume
 

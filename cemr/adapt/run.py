@@ -272,6 +272,11 @@ def adapt(
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=TargetStream(data))
+    if module.inner.lr_rate:
+        lrs = np.asarray(module.inner.lrs())
+        mean = np.exp(np.log(lrs).mean())
+        spread = f"{lrs.min():.2e}-{lrs.max():.2e}"
+        log.info(f"learned inner lr, {lrs.size} weight tensors: geometric mean {mean:.2e}, range {spread}")
     if plan.emit == "teacher":  # the weights whose predictions were emitted are the run's final ones
         source.model.load_state_dict(module.teacher.state_dict())
     local = {k: v.numpy() for k, v in module.predictions().items()} if module.frames_done else None
