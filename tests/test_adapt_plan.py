@@ -41,7 +41,8 @@ def test_levels_enable_their_parts_and_nothing_above():
     assert three.smoothing and not two.smoothing
     assert not plan_of("adapter.levels=3", "adapter.smoothing.weight=0").smoothing
     no_clip = plan_of("adapter.levels=3", "adapter.clip.enabled=false")
-    assert not no_clip.clip and not no_clip.video_align and no_clip.smoothing
+    assert not no_clip.clip and not no_clip.video_align and no_clip.smoothing and not no_clip.clip_guard
+    assert three.clip_guard and not plan_of("adapter.levels=3", "adapter.clip.guard=false").clip_guard
     # level 3's optional terms (off by default; README, "Tried in session 11")
     assert not (three.pseudo_labels or three.smoothed_context or three.clip_replay)
     assert plan_of("adapter.levels=3", "adapter.loss_weights.pseudo_labels=1").pseudo_labels

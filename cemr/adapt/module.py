@@ -338,7 +338,7 @@ class AdaptationModule(L.LightningModule):
                 video_embedding = self.video_encoder(images.transpose(0, 1)[None])
         half = len(frames) // 2
         w = self.cfg.loss_weights
-        guard = self._clip_guard(images, pasts, keypoints) if self.cfg.clip.get("guard", False) else None
+        guard = self._clip_guard(images, pasts, keypoints) if self.plan.clip_guard else None
         clone = self.inner.clone()
         inner, _ = levels.clip_objective(
             self.predict_body(clone, images[:half], pasts[:half]), keypoints[:half], w

@@ -27,6 +27,7 @@ class Plan:
     stopping: bool  # dynamic stopping: repeat the outer step while the feature moves more than tau
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames (clip.enabled)
     video_align: bool  # level 3's alignment with the frozen video encoder
+    clip_guard: bool  # level 3: a clip step that does not lower the clip objective is undone
     clip_replay: bool  # level 3: the clip step is scored on the source samples frame t replayed too
     pseudo_labels: bool  # level 3: the clip's predictions, smoothed, as 3D pseudo-labels (CycleAdapt)
     smoothed_context: bool  # level 3: the smoother's estimate of frame t-k from the predictions emitted
@@ -89,6 +90,7 @@ class Plan:
             stopping=outer and bool(adapter.stopping.enabled),
             clip=clip,
             video_align=clip and weights.video_align > 0,
+            clip_guard=clip and bool(adapter.clip.get("guard", False)),
             clip_replay=clip and replay is not None and bool(adapter.clip.get("replay", False)),
             pseudo_labels=clip and weights.get("pseudo_labels", 0.0) > 0,
             smoothed_context=smooths
