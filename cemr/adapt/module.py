@@ -375,7 +375,7 @@ class AdaptationModule(L.LightningModule):
     def _clip_guard(self, images: torch.Tensor, pasts: list, keypoints: torch.Tensor):
         """`clip.guard`: the base model's clip objective on all T frames, and its weights and clip
         optimiser state, before the clip step; returns what undoes the step if that objective did not
-        fall (one clip step, video-aligned, can send a sequence's predictions off, README)."""
+        fall. More than half of the clip steps are undone on the benchmark (README, session 13)."""
         optimizer = self.optimizers(use_pl_optimizer=False)[1]
         params = list(self.model.parameters())
 
