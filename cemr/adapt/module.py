@@ -393,8 +393,7 @@ class AdaptationModule(L.LightningModule):
             if bool(torch.isfinite(after)) and after < before:
                 return
             with torch.no_grad():
-                for p, w in zip(params, weights, strict=True):
-                    p.copy_(w)
+                torch._foreach_copy_(params, weights)  # as InnerLoop.restore puts the base weights back
             optimizer.load_state_dict(state)
             self.counters["clip_steps_undone"] += 1
 
