@@ -74,15 +74,9 @@ class AdaptationModule(L.LightningModule):
         self.plan = Plan.from_config(adapter)
         self.replay_source = replay_source  # (PoseIndex or ReplayBank, dataset) or None
         self.replay_weights = replay_weights  # the source-training loss weights
-        inner = adapter.inner
-        self.inner = InnerLoop(  # level 1's clone
-            model,
-            inner.lr,
-            inner.first_order,
-            inner.max_grad_norm,
-            lr_rate=inner.get("lr_rate", 0.0),
-            lr_bounds=tuple(inner.get("lr_bounds", (1e-7, 1e-3))),
-        )
+        inner = adapter.inner  # level 1
+        learned_lr = {key: inner[key] for key in ("lr_rate", "lr_bounds") if key in inner}  # else InnerLoop's
+        self.inner = InnerLoop(model, inner.lr, inner.first_order, inner.max_grad_norm, **learned_lr)
         self.teacher = make_teacher(model) if self.plan.teacher else None
         self.average = make_teacher(model) if self.plan.average is not None else None  # not in the loop
         for frozen in (self.body_model, self.pose_prior, self.video_encoder, self.align_head):
@@ -167,7 +161,8 @@ class AdaptationModule(L.LightningModule):
         try:
             if finite:
                 self.manual_backward(loss)
-                self.inner.learn_lrs([p.grad for p in self.model.parameters()])
+                if self.inner.lr_rate:
+                    self.inner.learn_lrs([p.grad for p in self.model.parameters()])
         finally:
             self.inner.restore()
         if not finite:
