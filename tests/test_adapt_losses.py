@@ -48,6 +48,24 @@ def test_pose_prior_passes_body_axis_angle_to_the_prior():
     assert cost.item() == pytest.approx(angle, abs=1e-6)
 
 
+def test_pose_barrier_is_the_prior_cost_above_the_threshold_and_nothing_below_it():
+    class SquaredNorm(nn.Module):  # cost = |body pose|^2 (axis-angle), easy to compute by hand
+        def forward(self, pose):
+            return (pose**2).sum(-1)
+
+    angles = torch.tensor([0.2, 0.5, 1.0], requires_grad=True)
+    rot = torch.eye(3).repeat(3, 24, 1, 1)
+    c, s = torch.cos(angles), torch.sin(angles)
+    rot[:, 7, 1, 1], rot[:, 7, 1, 2], rot[:, 7, 2, 1], rot[:, 7, 2, 2] = c, -s, s, c
+    barrier = losses.pose_barrier(SquaredNorm(), rot, threshold=0.3)
+    # costs 0.04, 0.25, 1.0: only the last lies above 0.3, by 0.7; mean over the 3 poses
+    assert barrier.item() == pytest.approx(0.7 / 3, abs=1e-6)
+    barrier.backward()
+    assert angles.grad[0].item() == 0 and angles.grad[1].item() == 0  # no pull on plausible poses
+    assert angles.grad[2].item() == pytest.approx(2 * 1.0 / 3, abs=1e-5)  # d/da of a^2 / 3
+    assert losses.pose_barrier(SquaredNorm(), rot, threshold=2.0).item() == 0.0
+
+
 def test_motion_consistency_compares_displacements_with_min_confidence():
     pred_now = torch.tensor([[[1.0, 1.0]]])
     pred_before = torch.tensor([[[0.0, 0.0]]])

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from cemr.adapt.module import AdaptationModule
 from cemr.adapt.parallel import PaddedStream, gather_predictions
 from cemr.adapt.resume import StreamCheckpoint, remaining_stream
+from cemr.geometry import rotmat_to_axis_angle
 from cemr.models import HMR, VIBE
 from tests.conftest import compose_config
 
@@ -59,13 +60,15 @@ class Stream(Dataset):
         }
 
 
-def make_module(parts, cfg, seed=0):
+def make_module(parts, cfg, seed=0, pose_barrier=None):
     body, prior, mean_params = parts
     torch.manual_seed(seed)
     model = HMR(
         mean_params, trunk="resnet18", trunk_kwargs={"channels": [8, 8, 16, 16]}, norm="group", crop_size=CROP
     )
-    return AdaptationModule(model, body, prior, cfg, focal_length=5000.0, crop_size=CROP, seed=seed)
+    return AdaptationModule(
+        model, body, prior, cfg, focal_length=5000.0, crop_size=CROP, seed=seed, pose_barrier=pose_barrier
+    )
 
 
 def stream_through(module, stream, callbacks=(), loader=None, plugins=None):
@@ -194,6 +197,44 @@ def test_level_three_without_its_clip_step_streams_as_level_two(parts):
     assert same(weights(three), weights(two))
     for key, value in two.predictions().items():
         assert torch.equal(three.predictions()[key], value), key
+
+
+def test_the_pose_barrier_acts_only_on_poses_less_plausible_than_its_threshold(parts):
+    cfg = adapter_cfg(levels=2, loss_weights={"pose_barrier": 0.5})
+    with pytest.raises(ValueError, match="needs the barrier's prior cost"):
+        make_module(parts, cfg)
+    stream = Stream([(0, 0)] * 4)
+    plain = stream_through(make_module(parts, adapter_cfg(levels=2)), stream)
+    never = stream_through(make_module(parts, cfg, pose_barrier=1e9), stream)
+    assert same(weights(never), weights(plain))  # no pose above it: a zero term with a zero gradient
+    for key, value in plain.predictions().items():
+        assert torch.equal(never.predictions()[key], value), key
+    always = stream_through(make_module(parts, cfg, pose_barrier=-1e6), stream)
+    assert not same(weights(always), weights(plain))
+
+    module = make_module(parts, cfg, pose_barrier=-1e6)
+    pred = module.predict_body(module.model, stream.img[:2])
+    _, terms = module._frame_objective(pred, stream.kp[:2])
+    costs = parts[1](rotmat_to_axis_angle(pred.rotmat[:, 1:]).reshape(2, 69))
+    assert terms["pose_barrier"].item() == pytest.approx(0.5 * (costs.mean().item() + 1e6), rel=1e-6)
+
+
+def test_the_pose_barrier_threshold_is_the_quantile_of_the_labelled_source_poses(parts):
+    from types import SimpleNamespace
+
+    from cemr.adapt.run import pose_barrier
+    from cemr.body.prior import cost_quantile
+
+    prior = parts[1]
+    poses = np.random.default_rng(0).normal(scale=0.3, size=(50, 72)).astype(np.float32)
+    has_smpl = np.r_[np.ones(40), np.zeros(10)]
+    poses[40:] = 10.0  # unlabelled rows: never counted
+    source = SimpleNamespace(path="source_train.npz", data={"pose": poses, "has_smpl": has_smpl})
+    adapter = OmegaConf.create({"pose_barrier": {"quantile": 0.9}})
+    assert pose_barrier(adapter, prior, source) == cost_quantile(prior, poses[:40], 0.9)
+    source.data["has_smpl"] = np.zeros(50)
+    with pytest.raises(ValueError, match="source_train.npz: no SMPL poses"):
+        pose_barrier(adapter, prior, source)
 
 
 def test_a_guarded_clip_step_that_does_not_lower_the_clip_loss_is_undone(parts):

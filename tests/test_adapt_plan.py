@@ -46,6 +46,9 @@ def test_levels_enable_their_parts_and_nothing_above():
     # level 3's optional terms (off by default; README, "Tried in session 11")
     assert not (three.pseudo_labels or three.smoothed_context or three.clip_replay)
     assert plan_of("adapter.levels=3", "adapter.loss_weights.pseudo_labels=1").pseudo_labels
+    assert plan_of("adapter.levels=1", "adapter.loss_weights.pose_barrier=0.01").pose_barrier
+    assert not plan_of("adapter.levels=0", "adapter.loss_weights.pose_barrier=0.01").pose_barrier
+    assert not plan_of("adapter.levels=3").pose_barrier  # off by default
     assert not plan_of("adapter.levels=2", "adapter.loss_weights.pseudo_labels=1").pseudo_labels
     assert plan_of("adapter.levels=3", "adapter.loss_weights.smoothed_context=1").smoothed_context
     assert not plan_of(

@@ -571,6 +571,24 @@ def test_gmm_missing_file_and_bad_input(tmp_path):
         prior(torch.zeros(2, 72))
 
 
+def test_cost_quantile_is_numpys_quantile_of_the_body_pose_costs_and_refuses_bad_input():
+    from cemr.body.prior import cost_quantile
+
+    prior = MaxMixturePrior(**fabricate_gmm())
+    rng = np.random.default_rng(3)
+    poses = rng.normal(scale=0.4, size=(1000, 72)).astype(np.float32)
+    costs = prior(torch.as_tensor(poses[:, 3:])).double().numpy()  # the root's 3 values are not a body pose
+    for q in (0.5, 0.99):
+        expected = np.quantile(costs, q)
+        assert cost_quantile(prior, poses, q, batch_size=300) == pytest.approx(expected, rel=1e-6)
+    poses[:, :3] = 100.0
+    assert cost_quantile(prior, poses, 0.5) == pytest.approx(np.quantile(costs, 0.5), rel=1e-6)
+    with pytest.raises(ValueError, match=r"non-empty \(N, 72\) array, found \(5, 69\)"):
+        cost_quantile(prior, poses[:5, 3:], 0.5)
+    with pytest.raises(ValueError, match="quantile must lie in"):
+        cost_quantile(prior, poses, 1.0)
+
+
 # ----------------------------------------------------------------------------- procedural model
 
 

@@ -13,14 +13,21 @@ from cemr.models.prediction import BodyPrediction
 
 
 def frame_objective(
-    pred: BodyPrediction, keypoints: torch.Tensor, prior: torch.nn.Module, weights
+    pred: BodyPrediction,
+    keypoints: torch.Tensor,
+    prior: torch.nn.Module,
+    weights,
+    barrier: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Level 1 L_frame: 2D reprojection + shape prior + GMM pose prior on (B, 49, 3) keypoints."""
+    """Level 1 L_frame: 2D reprojection + shape prior + GMM pose prior on (B, 49, 3) keypoints, and
+    the pose barrier (the prior's cost above `barrier`) where a barrier is given."""
     parts = {
         "keypoints_2d": weights.keypoints_2d * losses.keypoint_2d(pred.keypoints_2d, keypoints),
         "shape_prior": weights.shape_prior * losses.shape_prior(pred.betas),
         "pose_prior": weights.pose_prior * losses.pose_prior(prior, pred.rotmat),
     }
+    if barrier is not None:
+        parts["pose_barrier"] = weights.pose_barrier * losses.pose_barrier(prior, pred.rotmat, barrier)
     return sum(parts.values()), parts
 
 

@@ -60,18 +60,25 @@ class AdaptationModule(L.LightningModule):
         replay_source=None,
         replay_weights=None,
         seed: int = 0,
+        pose_barrier: float | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
         self.model = model
         self.body_model = body_model
         self.pose_prior = pose_prior
+        self.pose_barrier = pose_barrier  # the prior cost L_frame penalises above (plan.pose_barrier)
         self.cfg = adapter
         self.focal_length = focal_length
         self.crop_size = crop_size
         self.video_encoder = video_encoder
         self.align_head = align_head
         self.plan = Plan.from_config(adapter)
+        if self.plan.pose_barrier and pose_barrier is None:
+            raise ValueError(
+                "adapter.loss_weights.pose_barrier > 0 needs the barrier's prior cost (pose_barrier=...; "
+                "adapt/run.py takes it from the source poses at adapter.pose_barrier.quantile)"
+            )
         self.replay_source = replay_source  # (PoseIndex or ReplayBank, dataset) or None
         self.replay_weights = replay_weights  # the source-training loss weights
         inner = adapter.inner  # level 1
@@ -223,7 +230,7 @@ class AdaptationModule(L.LightningModule):
             now = _slice(pred, 0, b)
             if unadapted is None:
                 unadapted = now
-            loss, _ = levels.frame_objective(now, keypoints, self.pose_prior, self.cfg.loss_weights)
+            loss, _ = self._frame_objective(now, keypoints)
             if source is not None:
                 loss = loss + self._replay_loss(_slice(pred, b, len(batch)), source)
             if not torch.isfinite(loss):
@@ -231,6 +238,11 @@ class AdaptationModule(L.LightningModule):
                 return self.inner.clone(), unadapted
             clone = self.inner.step(clone, loss)
         return clone, unadapted
+
+    def _frame_objective(self, pred: BodyPrediction, keypoints: torch.Tensor):
+        """L_frame of one prediction, with the pose barrier where the plan has one."""
+        barrier = self.pose_barrier if self.plan.pose_barrier else None
+        return levels.frame_objective(pred, keypoints, self.pose_prior, self.cfg.loss_weights, barrier)
 
     def _context_frame(self) -> dict[str, torch.Tensor] | None:
         """Frame t-k of this track, which the clone adapted on t is also scored on; None early on."""
@@ -252,7 +264,7 @@ class AdaptationModule(L.LightningModule):
         pred = self.predict_body(clone, torch.cat(images), pasts)
         b = frame["img"].shape[0]
         now = _slice(pred, 0, b)
-        total, parts = levels.frame_objective(now, frame["keypoints"], self.pose_prior, w)
+        total, parts = self._frame_objective(now, frame["keypoints"])
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_pred = self.predict_body(self.teacher, frame["img"], [frame.get("past")])
@@ -260,7 +272,7 @@ class AdaptationModule(L.LightningModule):
         if earlier is not None:
             before = _slice(pred, b, 2 * b)
             if plan.context:
-                context, _ = levels.frame_objective(before, earlier["keypoints"], self.pose_prior, w)
+                context, _ = self._frame_objective(before, earlier["keypoints"])
                 parts["context"] = w.context * context
             if plan.smoothed_context:
                 parts["smoothed_context"] = w.smoothed_context * F.mse_loss(

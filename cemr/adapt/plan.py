@@ -17,6 +17,7 @@ EMITTED = ("updated", "clone", "teacher")
 class Plan:
     levels: int
     inner_steps: int  # level 1: clone steps on L_frame (0 at levels=0)
+    pose_barrier: bool  # L_frame also penalises the pose prior's cost above a quantile of the source poses'
     outer: bool  # level 2: the clone's loss on frame t and its context updates the base weights
     teacher: bool  # EMA mean teacher
     motion: bool  # 2D displacement between t and t-k
@@ -80,6 +81,7 @@ class Plan:
         return cls(
             levels=levels,
             inner_steps=int(adapter.inner.steps) if levels >= 1 else 0,
+            pose_barrier=levels >= 1 and weights.get("pose_barrier", 0.0) > 0,
             outer=outer,
             teacher=outer and bool(adapter.teacher.enabled),
             motion=outer and bool(adapter.motion.enabled),

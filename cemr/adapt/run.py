@@ -242,10 +242,11 @@ def adapt(
         replay = (None, data.source)
     from cemr.body import MaxMixturePrior
 
+    prior = MaxMixturePrior.from_file(cfg.body.gmm)
     module = instantiate(ad.module)(
         source.model,
         body_model,
-        MaxMixturePrior.from_file(cfg.body.gmm),
+        prior,
         ad,
         cfg.focal_length,
         cfg.backbone.crop_size,
@@ -254,6 +255,7 @@ def adapt(
         replay_source=replay,
         replay_weights=cfg.training.loss_weights,
         seed=cfg.seed,
+        pose_barrier=pose_barrier(ad, prior, data.source) if plan.pose_barrier else None,
     )
     media = []
     if uses_wandb(cfg):
@@ -285,6 +287,24 @@ def adapt(
     if gathered is None:
         return None
     return Adapted(*gathered, module.average)
+
+
+def pose_barrier(adapter: DictConfig, prior: torch.nn.Module, source_frames) -> float:
+    """The prior cost above which L_frame penalises a pose: its `adapter.pose_barrier.quantile` over the
+    labelled source training poses, so no target frame sets it."""
+    from cemr.body.prior import cost_quantile
+
+    labelled = source_frames.data["has_smpl"] > 0
+    if not np.any(labelled):
+        raise ValueError(
+            f"{source_frames.path}: no SMPL poses (has_smpl is 0 on every row), which the pose barrier "
+            "(adapter.loss_weights.pose_barrier > 0) takes its threshold from; set it to 0"
+        )
+    quantile = float(adapter.pose_barrier.quantile)
+    threshold = cost_quantile(prior, source_frames.data["pose"][labelled], quantile)
+    count = int(labelled.sum())
+    log.info(f"pose barrier: prior cost {threshold:.1f}, the {quantile:g} quantile of {count} source poses")
+    return threshold
 
 
 def replay_bank(cfg: DictConfig, model: torch.nn.Module, source_frames) -> ReplayBank:
