@@ -207,10 +207,12 @@ def test_the_pose_barrier_acts_only_on_poses_less_plausible_than_its_threshold(p
     plain = stream_through(make_module(parts, adapter_cfg(levels=2)), stream)
     never = stream_through(make_module(parts, cfg, pose_barrier=1e9), stream)
     assert same(weights(never), weights(plain))  # no pose above it: a zero term with a zero gradient
+    assert never.counters["barrier_frames"] == 0
     for key, value in plain.predictions().items():
         assert torch.equal(never.predictions()[key], value), key
     always = stream_through(make_module(parts, cfg, pose_barrier=-1e6), stream)
     assert not same(weights(always), weights(plain))
+    assert always.counters["barrier_frames"] == 4
 
     module = make_module(parts, cfg, pose_barrier=-1e6)
     pred = module.predict_body(module.model, stream.img[:2])

@@ -100,7 +100,14 @@ class AdaptationModule(L.LightningModule):
         self.history: deque[dict[str, torch.Tensor]] = deque(maxlen=history)
         self.track: tuple[int, int] | None = None
         self.frames_in_track = 0
-        counted = ("outer_steps", "extra_steps", "clip_steps", "clip_steps_undone", "skipped_steps")
+        counted = (
+            "outer_steps",
+            "extra_steps",
+            "clip_steps",
+            "clip_steps_undone",
+            "skipped_steps",
+            "barrier_frames",
+        )
         self.counters = dict.fromkeys(counted, 0)
         self.records: list[dict[str, torch.Tensor]] = []  # packed chunks of frames, then single frames
         self._packed = 0  # how many leading entries of records are packed chunks
@@ -473,6 +480,8 @@ class AdaptationModule(L.LightningModule):
                 ema_update(self.teacher, self.model, self.cfg.teacher.ema)
             if step == 0:
                 self._log_parts("frame", parts)
+                if self.plan.pose_barrier:  # frame t's pose lay beyond the barrier before this step
+                    self.counters["barrier_frames"] += int(parts["pose_barrier"] > 0)
             if self.plan.emit == "clone" and not self.plan.stopping:
                 return emitted
             with torch.no_grad():
