@@ -161,3 +161,34 @@ def test_the_learned_inner_lrs_move_in_the_stream_restart_with_a_sequence_and_re
     assert torch.equal(resumed.inner.log_lrs, learned)
     module.reset_to_source()
     assert torch.equal(module.inner.log_lrs, torch.full_like(learned, math.log(1e-4)))
+
+
+def test_a_held_out_lr_signal_is_the_outer_loss_on_the_frames_the_clone_did_not_adapt_on(parts):
+    cfg = adapter_cfg(levels=2)
+    cfg.inner.lr, cfg.inner.lr_rate, cfg.inner.lr_signal = 1e-4, 0.5, "held_out"
+    module = make_module(parts, cfg)
+    t, context, replay, teacher = (torch.tensor(v, requires_grad=True) for v in (1.0, 2.0, 3.0, 4.0))
+    signal = module._lr_signal({"keypoints_2d": t, "context": context, "replay": replay, "teacher": teacher})
+    assert signal.item() == 5.0
+    assert torch.autograd.grad(signal, [t, context, replay, teacher], allow_unused=True)[0] is None
+    nothing = module._lr_signal({"keypoints_2d": t, "teacher": teacher})
+    assert nothing.item() == 0.0 and not nothing.requires_grad
+    cfg.inner.lr_signal = "outer"
+    assert make_module(parts, cfg)._lr_signal({"context": context}) is None
+
+
+def test_a_held_out_lr_signal_moves_the_lrs_only_once_a_frame_is_held_out(parts):
+    cfg = adapter_cfg(levels=2)
+    cfg.inner.lr, cfg.inner.lr_rate, cfg.inner.lr_signal = 1e-4, 0.5, "held_out"
+    start = math.log(1e-4)
+    short = stream_through(make_module(parts, cfg), Stream([(0, 0)] * 4))  # t-5 never exists, no replay
+    assert torch.equal(short.inner.log_lrs, torch.full_like(short.inner.log_lrs, start))
+    cfg.motion.interval = 2
+    held_out = stream_through(make_module(parts, cfg), Stream([(0, 0)] * 6))
+    cfg.inner.lr_signal = "outer"
+    whole = stream_through(make_module(parts, cfg), Stream([(0, 0)] * 6))
+    assert not torch.allclose(held_out.inner.log_lrs, torch.full_like(held_out.inner.log_lrs, start))
+    assert not torch.allclose(held_out.inner.log_lrs, whole.inner.log_lrs)
+    cfg.inner.lr_signal = "frame"
+    with pytest.raises(ValueError, match="lr_signal must be one of"):
+        make_module(parts, cfg)

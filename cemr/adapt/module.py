@@ -162,10 +162,13 @@ class AdaptationModule(L.LightningModule):
         """How many target frames this module has adapted (and recorded) so far."""
         return self._frames
 
-    def _step(self, optimizer, loss: torch.Tensor) -> bool:
+    def _step(self, optimizer, loss: torch.Tensor, lr_signal: torch.Tensor | None = None) -> bool:
         """One optimiser step on a clone's finite loss; a non-finite loss (or gradient) is skipped and
         counted. Where the clone is the base model moved in place (first order), its weights are put
         back between the backward pass and the step, which applies the moved weights' gradient.
+
+        A learned inner lr learns from the gradient of `lr_signal` (a part of `loss`, one backward
+        pass more) where one is given, else from the whole loss's (`_lr_signal`).
 
         Under 16-mixed precision the gradient scaler owns non-finite gradients: they are what it sees
         when its scale is too large, so it skips that step and lowers the scale; that is counted too.
@@ -174,9 +177,17 @@ class AdaptationModule(L.LightningModule):
         finite = bool(torch.isfinite(loss))
         try:
             if finite:
+                params = list(self.model.parameters())
+                signal = None
+                if self.inner.lr_rate and lr_signal is not None:
+                    signal = (
+                        torch.autograd.grad(lr_signal, params, retain_graph=True, allow_unused=True)
+                        if lr_signal.requires_grad
+                        else [None] * len(params)  # nothing held out yet: every lr stays
+                    )
                 self.manual_backward(loss)
                 if self.inner.lr_rate:
-                    self.inner.learn_lrs([p.grad for p in self.model.parameters()])
+                    self.inner.learn_lrs(list(signal) if signal is not None else [p.grad for p in params])
         finally:
             self.inner.restore()
         if not finite:
@@ -301,6 +312,17 @@ class AdaptationModule(L.LightningModule):
         extra = ("teacher", "context", "smoothed_context", "motion", "replay", "emitted_smoothness")
         total = total + sum(v for k, v in parts.items() if k in extra)
         return total, parts, now
+
+    def _lr_signal(self, parts: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """With `inner.lr_signal: held_out`, the outer loss's terms on frames the clone did not adapt
+        on (frame t-k's L_frame, the replayed source samples), which a learned inner lr follows: the
+        whole outer loss holds frame t, which the inner step has just descended, so its gradient
+        nearly always agrees with the inner one and the lr only rises (README, session 13). Zero
+        (no lr change) before a track has a frame t-k and without replay; None: the whole loss."""
+        if not self.inner.lr_rate or self.cfg.inner.get("lr_signal", "outer") == "outer":
+            return None
+        held_out = [parts[k] for k in ("context", "replay") if k in parts]
+        return sum(held_out) if held_out else torch.zeros(())
 
     def _smoothed_context_rotations(self) -> torch.Tensor:
         """The smoother's estimate of frame t-k's rotations (1, 24, 3, 3) from the predictions emitted for
@@ -470,7 +492,7 @@ class AdaptationModule(L.LightningModule):
                     frame["source"] = self._retrieve_source(frame, after.feature)
             loss, parts, clone_now = self._outer_loss(clone, frame)
             emitted = self._finite_or(_detached(clone_now), after)
-            if not self._step(self.optimizers()[0], loss):
+            if not self._step(self.optimizers()[0], loss, self._lr_signal(parts)):
                 break
             self.counters["outer_steps"] += 1
             self.counters["extra_steps"] += int(step > 0)

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 RETRIEVALS = ("pose", "feature", "random")
 EMITTED = ("updated", "clone", "teacher")
+LR_SIGNALS = (
+    "outer",
+    "held_out",
+)  # what a learned inner lr follows: the whole outer loss, or its other frames
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,10 @@ class Plan:
             raise ValueError(f"adapter.levels must be 0, 1, 2 or 3, got {adapter.levels}")
         if int(adapter.inner.steps) < 1:
             raise ValueError(f"adapter.inner.steps must be at least 1, got {adapter.inner.steps}")
+        if adapter.inner.get("lr_signal", "outer") not in LR_SIGNALS:
+            raise ValueError(
+                f"adapter.inner.lr_signal must be one of {LR_SIGNALS}, got {adapter.inner.lr_signal!r}"
+            )
         if adapter.emit not in EMITTED:
             raise ValueError(f"adapter.emit must be one of {EMITTED}, got {adapter.emit!r}")
         outer = levels >= 2
