@@ -11,10 +11,8 @@ from dataclasses import dataclass
 
 RETRIEVALS = ("pose", "feature", "random")
 EMITTED = ("updated", "clone", "teacher")
-LR_SIGNALS = (
-    "outer",
-    "held_out",
-)  # what a learned inner lr follows: the whole outer loss, or its other frames
+# What a learned inner lr follows: the whole outer loss, or its terms on frames the clone did not adapt on
+LR_SIGNALS = ("outer", "held_out")
 
 
 @dataclass(frozen=True)
