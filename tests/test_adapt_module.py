@@ -136,6 +136,27 @@ def test_reset_sequence_restarts_from_the_source_weights(parts):
     assert not torch.allclose(carried.predictions()["betas"][3:], fresh.predictions()["betas"], atol=1e-6)
 
 
+def test_sequence_pull_moves_the_weights_towards_the_source_at_each_new_sequence_only(parts):
+    tracks = [(0, 0)] * 3 + [(0, 1)] * 2 + [(1, 0)] * 2  # a new person, then a new sequence
+    module = make_module(parts, adapter_cfg(levels=2, sequence_pull=0.25))
+    source = [p.detach().clone() for p in module.model.parameters()]
+    at_start, after = [], WeightsAfterEachFrame()
+    start_track = module._start_track
+
+    def spy(track):
+        start_track(track)
+        at_start.append([p.detach().clone() for p in module.model.parameters()])
+
+    module._start_track = spy
+    stream_through(module, Stream(tracks), callbacks=[after])
+    assert all(torch.equal(a, b) for a, b in zip(at_start[1], after.seen[2], strict=True))  # same sequence
+    pulled = [w + 0.25 * (s - w) for w, s in zip(after.seen[4], source, strict=True)]
+    for got, by_hand in zip(at_start[2], pulled, strict=True):
+        torch.testing.assert_close(got, by_hand, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="sequence_pull must lie in"):
+        make_module(parts, adapter_cfg(levels=2, sequence_pull=1.5))
+
+
 class WeightsAfterEachFrame(L.Callback):
     def __init__(self):
         self.seen = []

@@ -212,6 +212,8 @@ class AdaptationModule(L.LightningModule):
         self.history.clear()
         if new_sequence and self.cfg.reset == "sequence":
             self.reset_to_source()
+        elif new_sequence and self.plan.sequence_pull:  # optimiser state and teacher kept
+            self._pull_to_source(self.plan.sequence_pull)
 
     def reset_to_source(self) -> None:
         """Restart from the source weights, a fresh optimiser state and teacher (CycleAdapt's protocol).
@@ -497,7 +499,7 @@ class AdaptationModule(L.LightningModule):
             self.counters["outer_steps"] += 1
             self.counters["extra_steps"] += int(step > 0)
             if self.plan.anchor:
-                self._pull_to_source()
+                self._pull_to_source(self.plan.anchor)
             if self.teacher is not None:
                 ema_update(self.teacher, self.model, self.cfg.teacher.ema)
             if step == 0:
@@ -518,12 +520,12 @@ class AdaptationModule(L.LightningModule):
         return emitted if self.plan.emit == "clone" and emitted is not None else after
 
     @torch.no_grad()
-    def _pull_to_source(self) -> None:
-        """weights <- weights + anchor * (source weights - weights), for every parameter."""
+    def _pull_to_source(self, fraction: float) -> None:
+        """weights <- weights + fraction * (source weights - weights), for every parameter."""
         params = list(self.model.parameters())
         if self._source_params is None or self._source_params[0].device != params[0].device:
             self._source_params = [self.source_state[n].to(p) for n, p in self.model.named_parameters()]
-        torch._foreach_lerp_(params, self._source_params, self.plan.anchor)
+        torch._foreach_lerp_(params, self._source_params, fraction)
 
     def _finite_or(self, pred: BodyPrediction, fallback: BodyPrediction) -> BodyPrediction:
         """`pred`, or `fallback` (the base model's) where a clone's step made it non-finite (counted)."""

@@ -27,6 +27,7 @@ class Plan:
     replay: str | None  # retrieval of labelled source samples: pose | feature | random, or None
     replay_inner: bool  # source labels in the inner step too (BOA)
     anchor: float  # after each outer step, weights <- weights + anchor * (source weights - weights); 0: off
+    sequence_pull: float  # the same at the start of each sequence (reset=none), by this fraction; 0: off
     stopping: bool  # dynamic stopping: repeat the outer step while the feature moves more than tau
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames (clip.enabled)
     video_align: bool  # level 3's alignment with the frozen video encoder
@@ -70,6 +71,9 @@ class Plan:
         anchor = float(adapter.get("anchor", 0.0))
         if not 0.0 <= anchor <= 1.0:
             raise ValueError(f"adapter.anchor must lie in [0, 1], got {adapter.anchor}")
+        sequence_pull = float(adapter.get("sequence_pull", 0.0))
+        if not 0.0 <= sequence_pull <= 1.0:
+            raise ValueError(f"adapter.sequence_pull must lie in [0, 1], got {adapter.sequence_pull}")
         average = adapter.get("average")
         if average is not None and not 0.0 < float(average) < 1.0:
             raise ValueError(f"adapter.average must be null or a decay in (0, 1), got {average}")
@@ -95,6 +99,7 @@ class Plan:
             replay=replay,
             replay_inner=replay_inner,
             anchor=anchor if outer else 0.0,
+            sequence_pull=sequence_pull if outer else 0.0,
             stopping=outer and bool(adapter.stopping.enabled),
             clip=clip,
             video_align=clip and weights.video_align > 0,
