@@ -41,11 +41,11 @@ def test_pose_prior_passes_body_axis_angle_to_the_prior():
     rot[:, 5] = torch.tensor(
         [[1, 0, 0], [0, math.cos(angle), -math.sin(angle)], [0, math.sin(angle), math.cos(angle)]]
     )
-    cost = losses.pose_prior(Recorder(), rot)
-    assert seen["pose"].shape == (2, 69)
+    costs = losses.prior_costs(Recorder(), rot)
+    assert seen["pose"].shape == (2, 69) and costs.shape == (2,)
     # joint 5 of 24 is body joint 4: axis-angle entries 12..14 = (0.3, 0, 0)
     assert torch.allclose(seen["pose"][0, 12:15], torch.tensor([angle, 0.0, 0.0]), atol=1e-6)
-    assert cost.item() == pytest.approx(angle, abs=1e-6)
+    assert costs.mean().item() == pytest.approx(angle, abs=1e-6)
 
 
 def test_pose_barrier_is_the_prior_cost_above_the_threshold_and_nothing_below_it():
@@ -57,13 +57,14 @@ def test_pose_barrier_is_the_prior_cost_above_the_threshold_and_nothing_below_it
     rot = torch.eye(3).repeat(3, 24, 1, 1)
     c, s = torch.cos(angles), torch.sin(angles)
     rot[:, 7, 1, 1], rot[:, 7, 1, 2], rot[:, 7, 2, 1], rot[:, 7, 2, 2] = c, -s, s, c
-    barrier = losses.pose_barrier(SquaredNorm(), rot, threshold=0.3)
+    costs = losses.prior_costs(SquaredNorm(), rot)
+    barrier = losses.pose_barrier(costs, threshold=0.3)
     # costs 0.04, 0.25, 1.0: only the last lies above 0.3, by 0.7; mean over the 3 poses
     assert barrier.item() == pytest.approx(0.7 / 3, abs=1e-6)
     barrier.backward()
     assert angles.grad[0].item() == 0 and angles.grad[1].item() == 0  # no pull on plausible poses
     assert angles.grad[2].item() == pytest.approx(2 * 1.0 / 3, abs=1e-5)  # d/da of a^2 / 3
-    assert losses.pose_barrier(SquaredNorm(), rot, threshold=2.0).item() == 0.0
+    assert losses.pose_barrier(costs, threshold=2.0).item() == 0.0
 
 
 def test_motion_consistency_compares_displacements_with_min_confidence():

@@ -21,13 +21,14 @@ def frame_objective(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Level 1 L_frame: 2D reprojection + shape prior + GMM pose prior on (B, 49, 3) keypoints, and
     the pose barrier (the prior's cost above `barrier`) where a barrier is given."""
+    costs = losses.prior_costs(prior, pred.rotmat)  # once for the prior and the barrier
     parts = {
         "keypoints_2d": weights.keypoints_2d * losses.keypoint_2d(pred.keypoints_2d, keypoints),
         "shape_prior": weights.shape_prior * losses.shape_prior(pred.betas),
-        "pose_prior": weights.pose_prior * losses.pose_prior(prior, pred.rotmat),
+        "pose_prior": weights.pose_prior * costs.mean(),
     }
     if barrier is not None:
-        parts["pose_barrier"] = weights.pose_barrier * losses.pose_barrier(prior, pred.rotmat, barrier)
+        parts["pose_barrier"] = weights.pose_barrier * losses.pose_barrier(costs, barrier)
     return sum(parts.values()), parts
 
 

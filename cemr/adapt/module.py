@@ -175,9 +175,9 @@ class AdaptationModule(L.LightningModule):
         """
         optimizer.zero_grad(set_to_none=True)
         finite = bool(torch.isfinite(loss))
+        params = list(self.model.parameters())
         try:
             if finite:
-                params = list(self.model.parameters())
                 signal = None
                 if self.inner.lr_rate and lr_signal is not None:
                     signal = (
@@ -194,7 +194,7 @@ class AdaptationModule(L.LightningModule):
             self.counters["skipped_steps"] += 1
             return False
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
         if scaler is None and grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             optimizer.zero_grad(set_to_none=True)
             self.counters["skipped_steps"] += 1
@@ -321,7 +321,7 @@ class AdaptationModule(L.LightningModule):
         whole outer loss holds frame t, which the inner step has just descended, so its gradient
         nearly always agrees with the inner one and the lr only rises (README, session 13). Zero
         (no lr change) before a track has a frame t-k and without replay; None: the whole loss."""
-        if not self.inner.lr_rate or self.cfg.inner.get("lr_signal", "outer") == "outer":
+        if not self.inner.lr_rate or self.plan.lr_signal == "outer":
             return None
         held_out = [parts[k] for k in ("context", "replay") if k in parts]
         return sum(held_out) if held_out else torch.zeros(())

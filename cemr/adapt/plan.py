@@ -19,6 +19,7 @@ LR_SIGNALS = ("outer", "held_out")
 class Plan:
     levels: int
     inner_steps: int  # level 1: clone steps on L_frame (0 at levels=0)
+    lr_signal: str  # what a learned inner lr follows (LR_SIGNALS)
     pose_barrier: bool  # L_frame also penalises the pose prior's cost above a quantile of the source poses'
     outer: bool  # level 2: the clone's loss on frame t and its context updates the base weights
     teacher: bool  # EMA mean teacher
@@ -50,10 +51,9 @@ class Plan:
             raise ValueError(f"adapter.levels must be 0, 1, 2 or 3, got {adapter.levels}")
         if int(adapter.inner.steps) < 1:
             raise ValueError(f"adapter.inner.steps must be at least 1, got {adapter.inner.steps}")
-        if adapter.inner.get("lr_signal", "outer") not in LR_SIGNALS:
-            raise ValueError(
-                f"adapter.inner.lr_signal must be one of {LR_SIGNALS}, got {adapter.inner.lr_signal!r}"
-            )
+        lr_signal = adapter.inner.get("lr_signal", "outer")
+        if lr_signal not in LR_SIGNALS:
+            raise ValueError(f"adapter.inner.lr_signal must be one of {LR_SIGNALS}, got {lr_signal!r}")
         if adapter.emit not in EMITTED:
             raise ValueError(f"adapter.emit must be one of {EMITTED}, got {adapter.emit!r}")
         outer = levels >= 2
@@ -91,6 +91,7 @@ class Plan:
         return cls(
             levels=levels,
             inner_steps=int(adapter.inner.steps) if levels >= 1 else 0,
+            lr_signal=lr_signal,
             pose_barrier=levels >= 1 and weights.get("pose_barrier", 0.0) > 0,
             outer=outer,
             teacher=outer and bool(adapter.teacher.enabled),

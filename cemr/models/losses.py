@@ -30,20 +30,17 @@ def shape_prior(betas: torch.Tensor) -> torch.Tensor:
     return (betas**2).sum(-1).mean()
 
 
-def pose_prior(prior: torch.nn.Module, rotmat: torch.Tensor) -> torch.Tensor:
-    """GMM max-mixture prior on the 23 body joints: rotmat (B, 24, 3, 3) -> mean cost."""
-    return prior_costs(prior, rotmat).mean()
-
-
-def pose_barrier(prior: torch.nn.Module, rotmat: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Mean over the batch of max(0, prior cost - threshold): zero, with zero gradient, for every pose
-    the prior finds at least that plausible; only implausible poses are pushed back."""
-    return F.relu(prior_costs(prior, rotmat) - threshold).mean()
-
-
 def prior_costs(prior: torch.nn.Module, rotmat: torch.Tensor) -> torch.Tensor:
-    """(B, 24, 3, 3) rotations -> (B,) GMM costs of their 23 body joints."""
+    """GMM max-mixture prior on the 23 body joints: rotmat (B, 24, 3, 3) -> (B,) costs (the pose prior
+    term is their mean)."""
     return prior(rotmat_to_axis_angle(rotmat[:, 1:]).reshape(rotmat.shape[0], 69))
+
+
+def pose_barrier(costs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Mean over the batch of max(0, prior cost - threshold) for (B,) `prior_costs`: zero, with zero
+    gradient, for every pose the prior finds at least that plausible; only implausible poses are
+    pushed back."""
+    return F.relu(costs - threshold).mean()
 
 
 def motion_consistency(
