@@ -111,6 +111,13 @@ def rotmat_to_axis_angle(rotmat: torch.Tensor) -> torch.Tensor:
     return v * angle_over_sin_half
 
 
+def rotation_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3) x2 -> (...) geodesic angle in radians of the rotation from a to b, in [0, pi]."""
+    _check_last_dims(a, (3, 3), "rotation_angle a")
+    _check_last_dims(b, (3, 3), "rotation_angle b")
+    return rotmat_to_axis_angle(a.transpose(-1, -2) @ b).norm(dim=-1)
+
+
 # ----------------------------------------------------------------------------- cameras
 
 

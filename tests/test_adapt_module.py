@@ -157,6 +157,38 @@ def test_sequence_pull_moves_the_weights_towards_the_source_at_each_new_sequence
         make_module(parts, adapter_cfg(levels=2, sequence_pull=1.5))
 
 
+def test_a_drift_guard_that_never_fires_streams_as_without(parts):
+    tracks = [(0, 0)] * 5 + [(1, 0)] * 3
+    plain = stream_through(make_module(parts, adapter_cfg(levels=3)), Stream(tracks))
+    cfg = adapter_cfg(levels=3, drift_guard={"max_angle": 180.0, "every": 1})
+    guarded = stream_through(make_module(parts, cfg), Stream(tracks))
+    assert guarded.counters["drift_resets"] == 0
+    assert same(weights(plain), weights(guarded))
+    assert all(
+        torch.equal(plain.predictions()[k], guarded.predictions()[k]) for k in ("pose", "betas", "cam")
+    )
+
+
+def test_the_drift_guard_restarts_from_the_source_and_emits_the_source_prediction(parts):
+    # max_angle so small that any outer step trips it: frames 1, 3, 5 of the track (every 2) are checked
+    cfg = adapter_cfg(levels=2, drift_guard={"max_angle": 1e-9, "every": 2})
+    module, after = make_module(parts, cfg), WeightsAfterEachFrame()
+    source = [p.detach().clone() for p in module.model.parameters()]
+    stream = Stream([(0, 0)] * 5)
+    stream_through(module, stream, callbacks=[after])
+    assert module.counters["drift_resets"] == 3
+    for frame, seen in enumerate(after.seen):
+        at_source = all(torch.equal(w, s) for w, s in zip(seen, source, strict=True))
+        assert at_source == (frame % 2 == 0), frame
+    assert all(torch.equal(t, s) for t, s in zip(module.teacher.parameters(), source, strict=True))
+    assert not module.optimizers(use_pl_optimizer=False)[0].state  # a fresh Adam state after the last reset
+    unadapted = stream_through(make_module(parts, adapter_cfg(levels=0)), stream).predictions()
+    emitted = module.predictions()
+    for key in ("pose", "betas", "cam"):
+        torch.testing.assert_close(emitted[key][::2], unadapted[key][::2], rtol=0, atol=1e-6)
+        assert not torch.allclose(emitted[key][1], unadapted[key][1], atol=1e-6)
+
+
 class WeightsAfterEachFrame(L.Callback):
     def __init__(self):
         self.seen = []

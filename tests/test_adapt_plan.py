@@ -49,6 +49,9 @@ def test_levels_enable_their_parts_and_nothing_above():
     assert plan_of("adapter.levels=1", "adapter.loss_weights.pose_barrier=0.01").pose_barrier
     assert not plan_of("adapter.levels=0", "adapter.loss_weights.pose_barrier=0.01").pose_barrier
     assert not plan_of("adapter.levels=3").pose_barrier  # off by default
+    assert plan_of("adapter.levels=3").drift_guard == 0.0  # off by default
+    assert plan_of("adapter.levels=2", "adapter.drift_guard.max_angle=30").drift_guard == 30.0
+    assert plan_of("adapter.levels=1", "adapter.drift_guard.max_angle=30").drift_guard == 0.0  # nothing moves
     assert not plan_of("adapter.levels=2", "adapter.loss_weights.pseudo_labels=1").pseudo_labels
     assert plan_of("adapter.levels=3", "adapter.loss_weights.smoothed_context=1").smoothed_context
     assert not plan_of(
@@ -107,6 +110,11 @@ def test_experiments_are_their_papers_settings():
             ["adapter.replay.enabled=true", "adapter.replay.retrieval=feature", "adapter.replay.inner=true"],
             "known before the inner step",
         ),
+        (
+            ["adapter.drift_guard.max_angle=-1"],
+            r"max_angle must lie in \[0, 180\] degrees \(0: off\), got -1",
+        ),
+        (["adapter.drift_guard.max_angle=30", "adapter.drift_guard.every=0"], "every must be at least 1"),
         (["adapter.average=1"], r"adapter.average must be null or a decay in \(0, 1\), got 1"),
         (["adapter.average=0"], r"adapter.average must be null or a decay in \(0, 1\), got 0"),
     ],

@@ -34,6 +34,22 @@ def test_rotmat_to_axis_angle_matches_scipy_batched():
     np.testing.assert_allclose(out.numpy(), aa, atol=1e-10)
 
 
+def test_rotation_angle_matches_scipy_including_near_zero_and_pi():
+    a = Rotation.from_rotvec(random_axis_angle((20,), seed=2)).as_matrix()
+    b = Rotation.from_rotvec(random_axis_angle((20,), seed=3)).as_matrix()
+    expected = (Rotation.from_matrix(a).inv() * Rotation.from_matrix(b)).magnitude()
+    got = geo.rotation_angle(torch.from_numpy(a), torch.from_numpy(b))
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-10)
+    near = Rotation.from_rotvec([[0, 0, 1e-9], [0, math.pi - 1e-9, 0], [math.pi, 0, 0]]).as_matrix()
+    np.testing.assert_allclose(
+        geo.rotation_angle(torch.from_numpy(np.eye(3)).expand(3, 3, 3), torch.from_numpy(near)).numpy(),
+        [1e-9, math.pi - 1e-9, math.pi],
+        atol=1e-8,
+    )
+    with pytest.raises(ValueError, match=r"rotation_angle b: expected shape \(\.\.\., 3, 3\)"):
+        geo.rotation_angle(torch.eye(3), torch.zeros(3, 4))
+
+
 @pytest.mark.parametrize("angle", [0.0, 1e-12, 1e-8, 1e-5, 1e-3])
 def test_axis_angle_round_trip_near_zero(angle):
     aa = np.array([[0.6, -0.8, 0.0]]) * angle

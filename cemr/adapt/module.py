@@ -39,7 +39,7 @@ from cemr.adapt.smoothing import smooth_rotations
 from cemr.adapt.teacher import ema_update, make_teacher
 from cemr.evaluation.metrics import pa_mpjpe
 from cemr.evaluation.protocol import joints14
-from cemr.geometry import rotmat_to_axis_angle
+from cemr.geometry import rotation_angle, rotmat_to_axis_angle
 from cemr.models.prediction import BodyPrediction, decode
 from cemr.models.vibe import causal_windows
 
@@ -86,6 +86,7 @@ class AdaptationModule(L.LightningModule):
         self.inner = InnerLoop(model, inner.lr, inner.first_order, inner.max_grad_norm, **learned_lr)
         self.teacher = make_teacher(model) if self.plan.teacher else None
         self.average = make_teacher(model) if self.plan.average is not None else None  # not in the loop
+        self.source_model = make_teacher(model) if self.plan.drift_guard else None  # the guard's reference
         for frozen in (self.body_model, self.pose_prior, self.video_encoder, self.align_head):
             if frozen is not None:
                 frozen.requires_grad_(False)
@@ -107,6 +108,7 @@ class AdaptationModule(L.LightningModule):
             "clip_steps_undone",
             "skipped_steps",
             "barrier_frames",
+            "drift_resets",
         )
         self.counters = dict.fromkeys(counted, 0)
         self.records: list[dict[str, torch.Tensor]] = []  # packed chunks of frames, then single frames
@@ -129,9 +131,9 @@ class AdaptationModule(L.LightningModule):
             for opt, state in pairs:
                 opt.load_state_dict(state)
             self._pending_optimizer_states = None
-        self.model.eval()  # no dropout; BatchNorm (if any) keeps its source statistics
-        if self.teacher is not None:
-            self.teacher.eval()
+        for net in (self.model, self.teacher, self.source_model):  # no dropout; BatchNorm (if any) keeps
+            if net is not None:  # its source statistics
+                net.eval()
 
     def predict_body(
         self, net: nn.Module, images: torch.Tensor, pasts: list[torch.Tensor | None] | None = None
@@ -221,14 +223,31 @@ class AdaptationModule(L.LightningModule):
         The replay sampler restarts from its seed too, so a sequence's result does not depend on the
         sequences before it: that is what lets DDP ranks adapt disjoint sequences (adapt/parallel.py).
         """
-        self.model.load_state_dict(self.source_state)
+        self._restart_weights()
         self.replay_generator.manual_seed(self.seed)
+        if self.average is not None:
+            self.average.load_state_dict(self.source_state)
+
+    def _restart_weights(self) -> None:
+        """The source weights, teacher and inner lrs again, and a fresh optimiser state."""
+        self.model.load_state_dict(self.source_state)
         self.inner.reset_lrs()
-        for copied in (self.teacher, self.average):
-            if copied is not None:
-                copied.load_state_dict(self.source_state)
+        if self.teacher is not None:
+            self.teacher.load_state_dict(self.source_state)
         for opt in self.optimizers(use_pl_optimizer=False) if self._trainer else []:
             opt.state.clear()
+
+    @torch.no_grad()
+    def _guard_drift(self, images: torch.Tensor, past, final: BodyPrediction) -> BodyPrediction:
+        """`final`, or the source model's prediction after a restart from the source weights where the
+        two poses lie more than `drift_guard.max_angle` apart (the stream left what the source reads)."""
+        source = self.predict_body(self.source_model, images, [past])
+        angle = rotation_angle(final.rotmat[:, 1:].float(), source.rotmat[:, 1:].float()).mean()
+        if math.degrees(angle) <= self.plan.drift_guard:  # a device sync, once every `every` frames
+            return final
+        self.counters["drift_resets"] += 1
+        self._restart_weights()
+        return source
 
     # ------------------------------------------------------------------ levels
 
@@ -475,6 +494,8 @@ class AdaptationModule(L.LightningModule):
             if self.plan.emit == "updated":
                 with torch.no_grad():
                     final = self.predict_body(self.model, images, [frame.get("past")])
+        if self.plan.drift_guard and (self.frames_in_track - 1) % self.cfg.drift_guard.every == 0:
+            final = self._guard_drift(images, frame.get("past"), final)
         if self.average is not None:
             ema_update(self.average, self.model, self.plan.average)
         entry["joints"] = final.joints[:, levels.losses.GT_JOINTS].detach()

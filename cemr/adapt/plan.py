@@ -29,6 +29,8 @@ class Plan:
     replay_inner: bool  # source labels in the inner step too (BOA)
     anchor: float  # after each outer step, weights <- weights + anchor * (source weights - weights); 0: off
     sequence_pull: float  # the same at the start of each sequence (reset=none), by this fraction; 0: off
+    drift_guard: float  # degrees: an emitted pose further than this from the source model's (mean angle of
+    # the 23 body joints) sends the weights, teacher and optimiser state back to the source's; 0: off
     stopping: bool  # dynamic stopping: repeat the outer step while the feature moves more than tau
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames (clip.enabled)
     video_align: bool  # level 3's alignment with the frozen video encoder
@@ -74,6 +76,14 @@ class Plan:
         sequence_pull = float(adapter.get("sequence_pull", 0.0))
         if not 0.0 <= sequence_pull <= 1.0:
             raise ValueError(f"adapter.sequence_pull must lie in [0, 1], got {adapter.sequence_pull}")
+        drift = adapter.get("drift_guard")
+        max_angle = float(drift.max_angle) if drift is not None else 0.0
+        if not 0.0 <= max_angle <= 180.0:
+            raise ValueError(
+                f"adapter.drift_guard.max_angle must lie in [0, 180] degrees (0: off), got {max_angle:g}"
+            )
+        if max_angle and int(drift.every) < 1:
+            raise ValueError(f"adapter.drift_guard.every must be at least 1 (frames), got {drift.every}")
         average = adapter.get("average")
         if average is not None and not 0.0 < float(average) < 1.0:
             raise ValueError(f"adapter.average must be null or a decay in (0, 1), got {average}")
@@ -101,6 +111,7 @@ class Plan:
             replay_inner=replay_inner,
             anchor=anchor if outer else 0.0,
             sequence_pull=sequence_pull if outer else 0.0,
+            drift_guard=max_angle if outer else 0.0,
             stopping=outer and bool(adapter.stopping.enabled),
             clip=clip,
             video_align=clip and weights.video_align > 0,
