@@ -49,7 +49,8 @@ def test_levels_enable_their_parts_and_nothing_above():
     assert plan_of("adapter.levels=1", "adapter.loss_weights.pose_barrier=0.01").pose_barrier
     assert not plan_of("adapter.levels=0", "adapter.loss_weights.pose_barrier=0.01").pose_barrier
     assert not plan_of("adapter.levels=3").pose_barrier  # off by default
-    assert plan_of("adapter.levels=3").drift_guard == 0.0  # off by default
+    assert plan_of("adapter.levels=3").drift_guard == 35.0  # chosen on validation (README, session 15)
+    assert plan_of("adapter.levels=3", "adapter.drift_guard.max_angle=0").drift_guard == 0.0
     assert plan_of("adapter.levels=2", "adapter.drift_guard.max_angle=30").drift_guard == 30.0
     assert plan_of("adapter.levels=1", "adapter.drift_guard.max_angle=30").drift_guard == 0.0  # nothing moves
     assert not plan_of("adapter.levels=2", "adapter.loss_weights.pseudo_labels=1").pseudo_labels
@@ -96,6 +97,7 @@ def test_experiments_are_their_papers_settings():
         False,
     )
     assert plan_of("experiment=cemr").clip
+    assert boa.drift_guard == dyna.drift_guard == 0.0  # CEMR's own guard is not in the papers
 
 
 @pytest.mark.parametrize(
