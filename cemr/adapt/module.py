@@ -13,6 +13,8 @@ Per frame t (batch of one frame of one track); what runs is decided once by `Pla
 Then the prediction for frame t is recorded: the clone's at level 1 (which never changes the base
 weights); at levels 2-3 the updated base model's (`emit: updated`, DynaBOA), the clone's that the
 outer step scored (`emit: clone`, one forward less), or the EMA teacher's after the update (`emit: teacher`).
+Every `drift_guard.every` frames of a track that prediction is compared with the source model's; one
+further than `drift_guard.max_angle` restarts the weights from the source's and emits the source's.
 
 A sequence model (VIBE: `seq_len`) adapts the same way, all its weights (trunk, GRU, regressor): each
 frame is predicted from its causal window (models/vibe.py), whose earlier frames are the trunk
