@@ -88,12 +88,11 @@ class AdaptationModule(L.LightningModule):
         self.inner = InnerLoop(model, inner.lr, inner.first_order, inner.max_grad_norm, **learned_lr)
         self.teacher = make_teacher(model) if self.plan.teacher else None
         self.average = make_teacher(model) if self.plan.average is not None else None  # not in the loop
-        self.source_model = make_teacher(model) if self.plan.drift_guard else None  # the guard's reference
+        # the source weights, frozen: what a reset or a pull goes back to and the drift guard compares with
+        self.source_model = make_teacher(model)
         for frozen in (self.body_model, self.pose_prior, self.video_encoder, self.align_head):
             if frozen is not None:
                 frozen.requires_grad_(False)
-        self.source_state = copy.deepcopy(model.state_dict())
-        self._source_params: list[torch.Tensor] | None = None  # the anchor's, on the model's device
         self.seed = seed
         self.replay_generator = torch.Generator().manual_seed(seed)
         self.seq_len = getattr(model, "seq_len", None)  # a sequence model's causal window
@@ -228,14 +227,15 @@ class AdaptationModule(L.LightningModule):
         self._restart_weights()
         self.replay_generator.manual_seed(self.seed)
         if self.average is not None:
-            self.average.load_state_dict(self.source_state)
+            self.average.load_state_dict(self.source_model.state_dict())
 
     def _restart_weights(self) -> None:
         """The source weights, teacher and inner lrs again, and a fresh optimiser state."""
-        self.model.load_state_dict(self.source_state)
+        source = self.source_model.state_dict()
+        self.model.load_state_dict(source)
         self.inner.reset_lrs()
         if self.teacher is not None:
-            self.teacher.load_state_dict(self.source_state)
+            self.teacher.load_state_dict(source)
         for opt in self.optimizers(use_pl_optimizer=False) if self._trainer else []:
             opt.state.clear()
 
@@ -545,10 +545,7 @@ class AdaptationModule(L.LightningModule):
     @torch.no_grad()
     def _pull_to_source(self, fraction: float) -> None:
         """weights <- weights + fraction * (source weights - weights), for every parameter."""
-        params = list(self.model.parameters())
-        if self._source_params is None or self._source_params[0].device != params[0].device:
-            self._source_params = [self.source_state[n].to(p) for n, p in self.model.named_parameters()]
-        torch._foreach_lerp_(params, self._source_params, fraction)
+        torch._foreach_lerp_(list(self.model.parameters()), list(self.source_model.parameters()), fraction)
 
     def _finite_or(self, pred: BodyPrediction, fallback: BodyPrediction) -> BodyPrediction:
         """`pred`, or `fallback` (the base model's) where a clone's step made it non-finite (counted)."""
