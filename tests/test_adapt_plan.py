@@ -53,6 +53,10 @@ def test_levels_enable_their_parts_and_nothing_above():
     assert plan_of("adapter.levels=3", "adapter.drift_guard.max_angle=0").drift_guard == 0.0
     assert plan_of("adapter.levels=2", "adapter.drift_guard.max_angle=30").drift_guard == 30.0
     assert plan_of("adapter.levels=1", "adapter.drift_guard.max_angle=30").drift_guard == 0.0  # nothing moves
+    assert plan_of("adapter.levels=3").drift_every == 4
+    assert plan_of("adapter.levels=2", "adapter.drift_guard.every=7").drift_every == 7
+    assert plan_of("adapter.levels=3", "adapter.drift_guard.max_angle=0").drift_every == 0  # off: no checks
+    assert plan_of("adapter.levels=1").drift_every == 0
     assert not plan_of("adapter.levels=2", "adapter.loss_weights.pseudo_labels=1").pseudo_labels
     assert plan_of("adapter.levels=3", "adapter.loss_weights.smoothed_context=1").smoothed_context
     assert not plan_of(

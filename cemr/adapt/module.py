@@ -496,7 +496,7 @@ class AdaptationModule(L.LightningModule):
             if self.plan.emit == "updated":
                 with torch.no_grad():
                     final = self.predict_body(self.model, images, [frame.get("past")])
-        if self.plan.drift_guard and (self.frames_in_track - 1) % self.cfg.drift_guard.every == 0:
+        if self.plan.drift_guard and (self.frames_in_track - 1) % self.plan.drift_every == 0:
             final = self._guard_drift(images, frame.get("past"), final)
         if self.average is not None:
             ema_update(self.average, self.model, self.plan.average)

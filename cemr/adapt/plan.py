@@ -31,6 +31,7 @@ class Plan:
     sequence_pull: float  # the same at the start of each sequence (reset=none), by this fraction; 0: off
     drift_guard: float  # degrees: an emitted pose further than this from the source model's (mean angle of
     # the 23 body joints) sends the weights, teacher and optimiser state back to the source's; 0: off
+    drift_every: int  # frames between two drift checks of a track (its frames 1, 1 + every, ...); 0: off
     stopping: bool  # dynamic stopping: repeat the outer step while the feature moves more than tau
     clip: bool  # level 3: a bilevel step on the track's last T frames every clip.stride frames (clip.enabled)
     video_align: bool  # level 3's alignment with the frozen video encoder
@@ -112,6 +113,7 @@ class Plan:
             anchor=anchor if outer else 0.0,
             sequence_pull=sequence_pull if outer else 0.0,
             drift_guard=max_angle if outer else 0.0,
+            drift_every=int(drift.every) if outer and max_angle else 0,
             stopping=outer and bool(adapter.stopping.enabled),
             clip=clip,
             video_align=clip and weights.video_align > 0,
