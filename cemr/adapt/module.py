@@ -340,7 +340,7 @@ class AdaptationModule(L.LightningModule):
         """With `inner.lr_signal: held_out`, the outer loss's terms on frames the clone did not adapt
         on (frame t-k's L_frame, the replayed source samples), which a learned inner lr follows: the
         whole outer loss holds frame t, which the inner step has just descended, so its gradient
-        nearly always agrees with the inner one and the lr only rises (README, session 13). Zero
+        nearly always agrees with the inner one and the lr only rises (docs/experiments.md, session 13). Zero
         (no lr change) before a track has a frame t-k and without replay; None: the whole loss."""
         if not self.inner.lr_rate or self.plan.lr_signal == "outer":
             return None
@@ -434,7 +434,8 @@ class AdaptationModule(L.LightningModule):
     def _clip_guard(self, images: torch.Tensor, pasts: list, keypoints: torch.Tensor):
         """`clip.guard`: the base model's clip objective on all T frames, and its weights and clip
         optimiser state, before the clip step; returns what undoes the step if that objective did not
-        fall. More than half of the clip steps are undone on the benchmark (README, session 13)."""
+        fall. More than half of the clip steps are undone on the benchmark (docs/experiments.md,
+        session 13)."""
         optimizer = self.optimizers(use_pl_optimizer=False)[1]
         params = list(self.model.parameters())
 
