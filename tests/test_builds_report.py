@@ -110,3 +110,51 @@ def test_builds_are_named_from_the_config_and_a_mixed_sweep_is_flagged():
     assert "Warning: this sweep mixes test and validation builds" in report
     only_test = [j for j in jobs() if j.build < 2]
     assert "Warning" not in builds_report(only_test, named_builds=named)
+
+
+def write_per_frame(job, header: str, rows: list[str]) -> None:
+    job.mkdir(parents=True, exist_ok=True)
+    (job / "per_frame.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+HEADER = "row,seq,frame,person,pa_mpjpe,unsmoothed_mpjpe,unsmoothed_pa_mpjpe,unsmoothed_pve"
+
+
+def test_the_stream_before_the_smoother_is_read_from_per_frame_csv_as_a_config(tmp_path):
+    from cemr.evaluation.run import before_smoother_result
+
+    rows = [
+        "0,s0,0,0,1.0,20.0,10.0,30.0",
+        "1,s0,1,0,1.0,40.0,20.0,60.0",
+        "2,s9,0,0,,,,",
+        "3,s1,0,0,1.0,8.0,4.0,12.0",
+    ]
+    write_per_frame(tmp_path / "job", HEADER, rows)
+    result = before_smoother_result(
+        tmp_path / "job", "adapter.clip.enabled=false", 2, {"unsmoothed_accel_error": 7.5}
+    )
+    assert result.label == "adapter.clip.enabled=false, before the smoother" and result.build == 2
+    assert list(result.sequences) == ["s0", "s0", "s1"]  # the unscored row (empty cells) is left out
+    np.testing.assert_array_equal(result.errors["pa_mpjpe"], [10.0, 20.0, 4.0])
+    np.testing.assert_array_equal(result.errors["pve"], [30.0, 60.0, 12.0])
+    assert result.per_sequence("mpjpe") == {"s0": 30.0, "s1": 8.0}
+    assert result.overall() == pytest.approx(
+        {"mpjpe": 68 / 3, "pa_mpjpe": 34 / 3, "pve": 34.0, "accel_error": 7.5}
+    )
+    # it pairs with the smoothed run like any other config: per sequence, treatment - baseline
+    smoothed = JobResult(
+        "adapter.clip.enabled=false", 2, {"pa_mpjpe": np.array([9.0, 11.0, 5.0])}, result.sequences
+    )
+    paired = paired_differences([smoothed, result], result.label, smoothed.label)
+    np.testing.assert_allclose(paired.differences, [10.0 - 15.0, 5.0 - 4.0])
+
+
+def test_a_run_without_a_smoother_has_no_such_config_and_a_bad_cell_is_named(tmp_path):
+    from cemr.evaluation.run import before_smoother_result
+
+    assert before_smoother_result(tmp_path / "none", "x", 0, {}) is None  # no per_frame.csv
+    write_per_frame(tmp_path / "plain", "row,seq,frame,person,pa_mpjpe", ["0,s0,0,0,1.0"])
+    assert before_smoother_result(tmp_path / "plain", "x", 0, {}) is None  # levels<3 or smoothing off
+    write_per_frame(tmp_path / "bad", HEADER, ["0,s0,0,0,1.0,20.0,ten,30.0"])
+    with pytest.raises(ValueError, match=r"bad/per_frame.csv: a row of .* is not a number"):
+        before_smoother_result(tmp_path / "bad", "x", 0, {})

@@ -8,6 +8,7 @@ differences between configs, source only included), results.csv (per job) and pl
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from cemr.atomic import write_text_atomic
 from cemr.evaluation import plots
 from cemr.evaluation.builds import (
     BUILD_SEED_KEY,
+    SEQUENCE_METRICS,
     JobResult,
     across_builds,
     builds_report,
@@ -40,6 +42,7 @@ from cemr.runtime import build_body_models, build_datamodule
 
 COLUMNS = OVERALL_METRICS
 SOURCE_LABEL = "source only"
+BEFORE_SMOOTHER = ", before the smoother"
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             raise ValueError(
                 f"render=true draws one run; {run_dir} is a sweep: pass one of its jobs as run_dir"
             )
-        return evaluate_sweep(run_dir, jobs)
+        return evaluate_sweep(run_dir, jobs, before_smoother=bool(cfg.get("before_smoother", False)))
     metrics = evaluate_run(run_dir)
     if cfg.render:
         from cemr.viz.run import render_run
@@ -167,7 +170,38 @@ def report_unscored(run_dir: Path) -> dict[str, float]:
     return {}
 
 
-def evaluate_sweep(run_dir: Path, jobs: list[Path]) -> dict[str, float]:
+def before_smoother_result(job: Path, label: str, build: int, recorded: dict[str, float]) -> JobResult | None:
+    """The job's stream before level 3's smoother, as a config of its own (`label` + BEFORE_SMOOTHER),
+    from the per-frame errors adapt.py scored into per_frame.csv (`unsmoothed_*`; predictions.npz holds
+    the smoothed output only); None for a run without a smoother. With `adapter.clip.enabled=false` it
+    is level 2's stream, so one levels=3 run pairs as level 2 and level 3 without the clip step."""
+    path = job / "per_frame.csv"
+    if not path.is_file():
+        return None
+    columns = [f"unsmoothed_{m}" for m in SEQUENCE_METRICS]
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not set(columns) <= set(reader.fieldnames or ()):
+            return None
+        try:
+            rows = [(r["seq"], [float(r[c]) for c in columns]) for r in reader if r[columns[0]]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: a row of {columns} is not a number ({err})") from err
+    if not rows:
+        return None
+    values = np.asarray([v for _, v in rows], dtype=np.float64)
+    accel = recorded.get("unsmoothed_accel_error")
+    return JobResult(
+        label + BEFORE_SMOOTHER,
+        build,
+        {m: values[:, i] for i, m in enumerate(SEQUENCE_METRICS)},
+        np.asarray([seq for seq, _ in rows]),
+        extra={} if accel is None else {"accel_error": accel},
+    )
+
+
+def evaluate_sweep(run_dir: Path, jobs: list[Path], before_smoother: bool = False) -> dict[str, float]:
+    """before_smoother: each smoothed job's stream before the smoother joins the comparison as a config."""
     from rich.console import Console
 
     common = shared_overrides([overrides_list(job) for job in jobs])
@@ -184,6 +218,9 @@ def evaluate_sweep(run_dir: Path, jobs: list[Path]) -> dict[str, float]:
         per_job.append(JobResult(label, build, scores.adapted, scores.sequences, extra=reruns))
         if scores.source is not None:
             per_job.append(JobResult(SOURCE_LABEL, build, scores.source, scores.sequences))
+        unsmoothed = before_smoother_result(job, label, build, scores.recorded) if before_smoother else None
+        if unsmoothed is not None:
+            per_job.append(unsmoothed)
         adapted = summarize_errors(scores.adapted)
         source = overall(scores.source) if scores.source is not None else {}
         rows.append(
