@@ -26,7 +26,7 @@ from cemr.data.prepare import prepare_assets
 from cemr.data.retrieval import PoseIndex, ReplayBank
 from cemr.evaluation.protocol import joints14
 from cemr.evaluation.report import errors_by_row, frame_table, score_dataset, summarize_errors
-from cemr.evaluation.summary import ALSO_SCORED
+from cemr.evaluation.summary import ALSO_SCORED, UNSMOOTHED
 from cemr.models import load_checkpoint
 from cemr.models.foreign import foreign_source
 from cemr.models.prediction import body_vertices, predict_frames
@@ -107,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         snapshot = predict_frames(source.model, target) if plan.levels > 0 else None
         averaged = predict_frames(adapted.average, target) if adapted.average is not None else None
         scored = {"source_": baseline, "": predictions, "snapshot_": snapshot, "average_": averaged}
-        scored["unsmoothed_"] = unsmoothed if plan.smoothing else None
+        scored[UNSMOOTHED] = unsmoothed if plan.smoothing else None
         by_row = {}
         for prefix, frames in scored.items():
             if frames is not None:

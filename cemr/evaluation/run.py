@@ -32,6 +32,7 @@ from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.evaluation.summary import (
     ALSO_SCORED,
     OVERALL_METRICS,
+    UNSMOOTHED,
     overall,
     recorded_means,
     run_report,
@@ -178,7 +179,7 @@ def before_smoother_result(job: Path, label: str, build: int, recorded: dict[str
     path = job / "per_frame.csv"
     if not path.is_file():
         return None
-    columns = [f"unsmoothed_{m}" for m in SEQUENCE_METRICS]
+    columns = [f"{UNSMOOTHED}{m}" for m in SEQUENCE_METRICS]
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if not set(columns) <= set(reader.fieldnames or ()):
@@ -190,7 +191,7 @@ def before_smoother_result(job: Path, label: str, build: int, recorded: dict[str
     if not rows:
         return None
     values = np.asarray([v for _, v in rows], dtype=np.float64)
-    accel = recorded.get("unsmoothed_accel_error")
+    accel = recorded_means(recorded, UNSMOOTHED).get("accel_error")
     return JobResult(
         label + BEFORE_SMOOTHER,
         build,

@@ -14,8 +14,9 @@ OVERALL_METRICS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
 # What a run scores besides the source model and what it emitted, by the prefix of its recorded metrics: the
 # stream's predictions before level 3's smoother, and the adapted weights re-run over the whole target after
 # the stream (a model that became a per-frame tracker, its state in the weights, scores far worse there).
+UNSMOOTHED = "unsmoothed_"  # the metrics prefix of the stream before level 3's smoother
 ALSO_SCORED = (
-    ("adapted, before the smoother", "unsmoothed_"),
+    ("adapted, before the smoother", UNSMOOTHED),
     ("final weights, re-run", "snapshot_"),
     ("averaged weights, re-run", "average_"),
 )
