@@ -120,7 +120,13 @@ def write_per_frame(job, header: str, rows: list[str]) -> None:
 HEADER = "row,seq,frame,person,pa_mpjpe,unsmoothed_mpjpe,unsmoothed_pa_mpjpe,unsmoothed_pve"
 
 
-def test_the_stream_before_the_smoother_is_read_from_per_frame_csv_as_a_config(tmp_path):
+def rescored(recorded: dict, unsmoothed: dict | None = None, sequences=()):
+    from cemr.evaluation.run import Rescored
+
+    return Rescored(None, {}, None, np.asarray(sequences), recorded, unsmoothed)
+
+
+def test_the_stream_before_the_smoother_is_read_from_per_frame_csv_of_an_older_run(tmp_path):
     from cemr.evaluation.run import before_smoother_result
 
     rows = [
@@ -131,7 +137,7 @@ def test_the_stream_before_the_smoother_is_read_from_per_frame_csv_as_a_config(t
     ]
     write_per_frame(tmp_path / "job", HEADER, rows)
     result = before_smoother_result(
-        tmp_path / "job", "adapter.clip.enabled=false", 2, {"unsmoothed_accel_error": 7.5}
+        tmp_path / "job", "adapter.clip.enabled=false", 2, rescored({"unsmoothed_accel_error": 7.5})
     )
     assert result.label == "adapter.clip.enabled=false, before the smoother" and result.build == 2
     assert list(result.sequences) == ["s0", "s0", "s1"]  # the unscored row (empty cells) is left out
@@ -152,9 +158,22 @@ def test_the_stream_before_the_smoother_is_read_from_per_frame_csv_as_a_config(t
 def test_a_run_without_a_smoother_has_no_such_config_and_a_bad_cell_is_named(tmp_path):
     from cemr.evaluation.run import before_smoother_result
 
-    assert before_smoother_result(tmp_path / "none", "x", 0, {}) is None  # no per_frame.csv
+    assert before_smoother_result(tmp_path / "none", "x", 0, rescored({})) is None  # no per_frame.csv
     write_per_frame(tmp_path / "plain", "row,seq,frame,person,pa_mpjpe", ["0,s0,0,0,1.0"])
-    assert before_smoother_result(tmp_path / "plain", "x", 0, {}) is None  # levels<3 or smoothing off
+    assert before_smoother_result(tmp_path / "plain", "x", 0, rescored({})) is None  # smoothing off
     write_per_frame(tmp_path / "bad", HEADER, ["0,s0,0,0,1.0,20.0,ten,30.0"])
     with pytest.raises(ValueError, match=r"bad/per_frame.csv: a row of .* is not a number"):
-        before_smoother_result(tmp_path / "bad", "x", 0, {})
+        before_smoother_result(tmp_path / "bad", "x", 0, rescored({}))
+
+
+def test_the_stream_before_the_smoother_is_taken_from_its_rescored_predictions_first(tmp_path):
+    from cemr.evaluation.run import before_smoother_result
+
+    # per_frame.csv says otherwise: the re-scored predictions.npz arrays win when the run saved them
+    write_per_frame(tmp_path / "job", HEADER, ["0,s0,0,0,1.0,20.0,10.0,30.0", "1,s1,0,0,1.0,8.0,4.0,12.0"])
+    errors = {"mpjpe": np.array([6.0, 2.0]), "pa_mpjpe": np.array([3.0, 1.0]), "pve": np.array([9.0, 3.0])}
+    scores = rescored({"unsmoothed_accel_error": 2.5, "accel_error": 1.0}, errors, ["s0", "s1"])
+    result = before_smoother_result(tmp_path / "job", "levels=3", 4, scores)
+    assert result.label == "levels=3, before the smoother" and result.build == 4
+    assert result.per_sequence("pa_mpjpe") == {"s0": 3.0, "s1": 1.0}
+    assert result.overall() == pytest.approx({"mpjpe": 4.0, "pa_mpjpe": 2.0, "pve": 6.0, "accel_error": 2.5})

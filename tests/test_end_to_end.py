@@ -11,6 +11,8 @@ import pytest
 
 from cemr.adapt.module import AdaptationModule
 from cemr.adapt.run import run as adapt_run
+from cemr.evaluation.report import summarize_errors
+from cemr.evaluation.run import rescore_run
 from cemr.evaluation.run import run as evaluate_run
 from cemr.runtime import build_datamodule
 from cemr.train.module import SourceModule
@@ -179,6 +181,12 @@ def test_level_three_emits_the_smoothed_stream(workspace, capsys):
             np.testing.assert_allclose(pred[key], expected[key], atol=1e-4)
         np.testing.assert_allclose(pred["betas"], pred["source_betas"], atol=1e-4)
         assert not np.allclose(pred["pose"], pred["source_pose"], atol=1e-3)
+        for key in ("pose", "betas", "cam"):  # the stream before the smoother is saved beside it
+            np.testing.assert_allclose(pred[f"unsmoothed_{key}"], pred[f"source_{key}"], atol=1e-4)
+    rescored = rescore_run(root / "smoothed")  # and evaluate.py re-scores it as adapt.py scored it
+    before = summarize_errors(rescored.unsmoothed)
+    for key in ("mpjpe", "pa_mpjpe", "pve"):
+        assert before[key] == pytest.approx(metrics[f"unsmoothed_{key}"], abs=1e-3)
     assert metrics["accel_error"] < metrics["source_accel_error"]
     # the stream's own predictions are scored beside: here the source model's
     for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):

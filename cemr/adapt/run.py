@@ -100,7 +100,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     regressor = body_models["neutral"].J_regressor_h36m.double().cpu().numpy()
     camera = {"focal_length": cfg.focal_length, "crop_size": cfg.backbone.crop_size}
     write_predictions(
-        out_dir / "predictions.npz", predictions, target, body_models["neutral"], regressor, baseline, camera
+        out_dir / "predictions.npz",
+        predictions,
+        target,
+        body_models["neutral"],
+        regressor,
+        baseline,
+        camera,
+        unsmoothed if plan.smoothing else None,
     )
     metrics = {}
     if scorable:  # the re-runs of the adapted weights are only ever scored
@@ -332,13 +339,21 @@ def replay_cache_path(cfg: DictConfig, source_split: str | Path) -> Path:
 
 
 def write_predictions(
-    path: Path, predictions: dict, frames, body_model, regressor: np.ndarray, baseline: dict, camera: dict
+    path: Path,
+    predictions: dict,
+    frames,
+    body_model,
+    regressor: np.ndarray,
+    baseline: dict,
+    camera: dict,
+    unsmoothed: dict | None = None,
 ) -> None:
     """Write predictions.npz, everything needed to redraw a run (in stream order, N frames):
     index (dataset row), seq, frame, person; pose (N, 72), betas (N, 10), cam (N, 3) weak-perspective
     crop camera, joints14 (N, 14, 3); the source model's source_pose, source_betas, source_cam of the
     same frames; the box, center (N, 2) and scale (N,) (x 200 px) of the crop; focal_length and
-    crop_size of the camera model (scalars)."""
+    crop_size of the camera model (scalars); with level 3's smoother, the stream before it as
+    unsmoothed_pose, unsmoothed_betas, unsmoothed_cam (same rows)."""
     index = np.asarray(predictions["index"])
     vertices = body_vertices(body_model, predictions["pose"], predictions["betas"])
     data = frames.data
@@ -358,7 +373,10 @@ def write_predictions(
     }
     row = {int(r): i for i, r in enumerate(baseline["index"])}
     at = np.array([row[int(r)] for r in index])
-    arrays.update({f"source_{k}": baseline[k][at].astype(np.float32) for k in ("pose", "betas", "cam")})
+    fields = ("pose", "betas", "cam")
+    arrays.update({f"source_{k}": baseline[k][at].astype(np.float32) for k in fields})
+    if unsmoothed is not None:  # the smoother keeps every frame in place: same rows as the emitted ones
+        arrays.update({f"{UNSMOOTHED}{k}": unsmoothed[k].astype(np.float32) for k in fields})
     save_npz_atomic(path, arrays)
 
 

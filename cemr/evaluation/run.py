@@ -51,13 +51,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class Rescored:
     """One run dir scored afresh: per-frame errors (mm) of the adapted and (when saved) source-only
-    predictions, the sequence of each scored frame, and what the run recorded in metrics.json."""
+    predictions and stream before level 3's smoother, the sequence of each scored frame, and what the
+    run recorded in metrics.json."""
 
     cfg: DictConfig
     adapted: dict[str, np.ndarray]
     source: dict[str, np.ndarray] | None
     sequences: np.ndarray
     recorded: dict[str, float]
+    unsmoothed: dict[str, np.ndarray] | None = None
 
 
 def rescore_run(run_dir: str | Path) -> Rescored:
@@ -67,12 +69,13 @@ def rescore_run(run_dir: str | Path) -> Rescored:
             raise FileNotFoundError(f"{run_dir}: no {name}; is this the output dir of `python adapt.py`?")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     with np.load(run_dir / "predictions.npz", allow_pickle=False) as f:
-        adapted = {k: f[k] for k in ("index", "pose", "betas")}
-        # runs written before predictions.npz held the source model's predictions have none
-        source = (
-            {"index": f["index"], "pose": f["source_pose"], "betas": f["source_betas"]}
-            if "source_pose" in f
+        # runs written before predictions.npz held the source model's predictions (or, with a
+        # smoother, the stream before it) have none
+        adapted, source, unsmoothed = (
+            {"index": f["index"], "pose": f[f"{prefix}pose"], "betas": f[f"{prefix}betas"]}
+            if f"{prefix}pose" in f
             else None
+            for prefix in ("", "source_", UNSMOOTHED)
         )
     body_models = build_body_models(cfg.body)
     regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
@@ -82,12 +85,17 @@ def rescore_run(run_dir: str | Path) -> Rescored:
     recorded_path = run_dir / "metrics.json"
     if not len(scored):  # a user's video: nothing to score
         return Rescored(cfg, {}, None, np.asarray([]), {})
+
+    def scores(frames: dict | None) -> dict[str, np.ndarray] | None:
+        return score_dataset(frames, target, body_models, regressor) if frames is not None else None
+
     return Rescored(
         cfg=cfg,
-        adapted=score_dataset(adapted, target, body_models, regressor),
-        source=score_dataset(source, target, body_models, regressor) if source is not None else None,
+        adapted=scores(adapted),
+        source=scores(source),
         sequences=np.asarray(target.data["seq"])[scored],
         recorded=json.loads(recorded_path.read_text()) if recorded_path.is_file() else {},
+        unsmoothed=scores(unsmoothed),
     )
 
 
@@ -171,11 +179,16 @@ def report_unscored(run_dir: Path) -> dict[str, float]:
     return {}
 
 
-def before_smoother_result(job: Path, label: str, build: int, recorded: dict[str, float]) -> JobResult | None:
+def before_smoother_result(job: Path, label: str, build: int, scores: Rescored) -> JobResult | None:
     """The job's stream before level 3's smoother, as a config of its own (`label` + BEFORE_SMOOTHER),
-    from the per-frame errors adapt.py scored into per_frame.csv (`unsmoothed_*`; predictions.npz holds
-    the smoothed output only); None for a run without a smoother. With `adapter.clip.enabled=false` it
-    is level 2's stream, so one levels=3 run pairs as level 2 and level 3 without the clip step."""
+    re-scored from predictions.npz (`unsmoothed_*` arrays) like every other row, or for a run written
+    before it held them, from the per-frame errors adapt.py scored into per_frame.csv; None for a run
+    without a smoother. With `adapter.clip.enabled=false` it is level 2's stream, so one levels=3 run
+    pairs as level 2 and level 3 without the clip step."""
+    accel = recorded_means(scores.recorded, UNSMOOTHED).get("accel_error")
+    extra = {} if accel is None else {"accel_error": accel}
+    if scores.unsmoothed is not None:
+        return JobResult(label + BEFORE_SMOOTHER, build, scores.unsmoothed, scores.sequences, extra=extra)
     path = job / "per_frame.csv"
     if not path.is_file():
         return None
@@ -191,13 +204,12 @@ def before_smoother_result(job: Path, label: str, build: int, recorded: dict[str
     if not rows:
         return None
     values = np.asarray([v for _, v in rows], dtype=np.float64)
-    accel = recorded_means(recorded, UNSMOOTHED).get("accel_error")
     return JobResult(
         label + BEFORE_SMOOTHER,
         build,
         {m: values[:, i] for i, m in enumerate(SEQUENCE_METRICS)},
         np.asarray([seq for seq, _ in rows]),
-        extra={} if accel is None else {"accel_error": accel},
+        extra=extra,
     )
 
 
@@ -219,7 +231,7 @@ def evaluate_sweep(run_dir: Path, jobs: list[Path], before_smoother: bool = Fals
         per_job.append(JobResult(label, build, scores.adapted, scores.sequences, extra=reruns))
         if scores.source is not None:
             per_job.append(JobResult(SOURCE_LABEL, build, scores.source, scores.sequences))
-        unsmoothed = before_smoother_result(job, label, build, scores.recorded) if before_smoother else None
+        unsmoothed = before_smoother_result(job, label, build, scores) if before_smoother else None
         if unsmoothed is not None:
             per_job.append(unsmoothed)
         adapted = summarize_errors(scores.adapted)
