@@ -28,6 +28,7 @@ def adapter_cfg(**overrides):
     merged.stopping.enabled = "stopping" in overrides
     merged.inner.lr, merged.outer.lr, merged.clip.lr = 1e-4, 1e-4, 1e-4
     merged.clip.length, merged.clip.stride = 4, 4
+    merged.clip.enabled = overrides.get("clip", {}).get("enabled", True)  # off by default, on here
     return merged
 
 

@@ -28,7 +28,11 @@ def test_levels_enable_their_parts_and_nothing_above():
     )
     assert two.outer and two.teacher and two.motion and two.context and not two.clip
     assert not two.emitted_smoothness and not two.video_align
-    assert three.clip and three.video_align and not three.emitted_smoothness  # off by default (README)
+    assert not three.emitted_smoothness  # off by default (README)
+    # the clip step is off by default since session 17 (validation builds 100-107, README)
+    assert not three.clip and not three.video_align and not three.clip_guard
+    clip = plan_of("adapter.levels=3", "adapter.clip.enabled=true")
+    assert clip.clip and clip.video_align and clip.clip_guard and clip.smoothing
     assert plan_of("adapter.levels=3", "adapter.loss_weights.emitted_smoothness=10").emitted_smoothness
     assert not plan_of("adapter.levels=2", "adapter.loss_weights.emitted_smoothness=10").emitted_smoothness
     # replay asked for at level 1 is not run: level 1 has no outer step to replay in
@@ -40,12 +44,13 @@ def test_levels_enable_their_parts_and_nothing_above():
     # the fixed-lag smoother of the emitted predictions is level 3's
     assert three.smoothing and not two.smoothing
     assert not plan_of("adapter.levels=3", "adapter.smoothing.weight=0").smoothing
-    no_clip = plan_of("adapter.levels=3", "adapter.clip.enabled=false")
-    assert not no_clip.clip and not no_clip.video_align and no_clip.smoothing and not no_clip.clip_guard
-    assert three.clip_guard and not plan_of("adapter.levels=3", "adapter.clip.guard=false").clip_guard
+    assert not plan_of("adapter.levels=3", "adapter.clip.enabled=true", "adapter.clip.guard=false").clip_guard
+    assert not plan_of("adapter.levels=2", "adapter.clip.enabled=true").clip  # level 3's
     # level 3's optional terms (off by default; README, "Tried in session 11")
     assert not (three.pseudo_labels or three.smoothed_context or three.clip_replay)
-    assert plan_of("adapter.levels=3", "adapter.loss_weights.pseudo_labels=1").pseudo_labels
+    pseudo = "adapter.loss_weights.pseudo_labels=1"
+    assert plan_of("adapter.levels=3", "adapter.clip.enabled=true", pseudo).pseudo_labels
+    assert not plan_of("adapter.levels=3", pseudo).pseudo_labels  # no clip step to use them in
     assert plan_of("adapter.levels=1", "adapter.loss_weights.pose_barrier=0.01").pose_barrier
     assert not plan_of("adapter.levels=0", "adapter.loss_weights.pose_barrier=0.01").pose_barrier
     assert not plan_of("adapter.levels=3").pose_barrier  # off by default
@@ -62,8 +67,9 @@ def test_levels_enable_their_parts_and_nothing_above():
     assert not plan_of(
         "adapter.levels=3", "adapter.loss_weights.smoothed_context=1", "adapter.smoothing.weight=0"
     ).smoothed_context  # the smoother's estimate needs the smoother
-    assert plan_of("adapter.levels=3", "adapter.clip.replay=true").clip_replay
-    no_replay = plan_of("adapter.levels=3", "adapter.clip.replay=true", "adapter.replay.enabled=false")
+    clip_replay = ("adapter.levels=3", "adapter.clip.enabled=true", "adapter.clip.replay=true")
+    assert plan_of(*clip_replay).clip_replay
+    no_replay = plan_of(*clip_replay, "adapter.replay.enabled=false")
     assert not no_replay.clip_replay
 
 

@@ -47,7 +47,7 @@ def test_experiments_set_the_ancestors_hyper_parameters():
     assert dyna.loss_weights.replay == 0.1
     assert dyna.motion.interval == 5
     cemr = compose_config("adapt", ["experiment=cemr"]).adapter
-    assert cemr.levels == 3 and cemr.inner.lr == 8e-6
+    assert cemr.levels == 3 and cemr.inner.lr == 8e-6 and cemr.clip.enabled  # the paper's clip level
 
 
 @pytest.mark.parametrize("name", ["adapt", "train", "evaluate"])

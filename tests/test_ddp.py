@@ -50,7 +50,7 @@ def test_ddp_training_saves_and_scores_once_on_rank_zero(trained):
 
 def test_sequences_sharded_across_two_ranks_match_one_process(trained):
     root, _ = trained
-    adapter = ["adapter.reset=sequence", "adapter.checkpoint_every=4"]
+    adapter = ["adapter.reset=sequence", "adapter.checkpoint_every=4", "adapter.clip.enabled=true"]
     adapter += ["adapter.replay.enabled=true", "adapter.replay.clusters=4"]  # reseeded per sequence
     done = cli("adapt.py", root, "one", *adapter)
     # no terminal: plain progress lines, none of the known third-party noise, no layers table

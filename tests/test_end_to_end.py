@@ -74,7 +74,7 @@ def test_adapt_writes_outputs_and_evaluate_rescores_them(workspace, capsys):
         assert key in recorded
     assert "snapshot_pa_mpjpe" in recorded and "final weights, re-run" in capsys.readouterr().out
     assert not (out / "adapt_state.pt").exists()  # written every 10 frames, dropped once finished
-    assert recorded["frames"] == 32 and recorded["clip_steps"] == 2  # 32 frames, clip stride 16
+    assert recorded["frames"] == 32 and recorded["clip_steps"] == 0  # the clip step is off by default
     with np.load(out / "predictions.npz") as pred:
         assert pred["pose"].shape == (32, 72) and pred["betas"].shape == (32, 10)
         assert pred["joints14"].shape == (32, 14, 3)
@@ -423,7 +423,8 @@ def test_vibe_small_adapts_end_to_end(workspace, levels):
     tests/test_adapt_module.py)."""
     root, _ = workspace
     name = f"vibe_small_l{levels}"
-    metrics = adapt_run(adapt_cfg(root, name, ["backbone=vibe_small", f"adapter.levels={levels}"]))
+    clip = ["adapter.clip.enabled=true"]  # off by default; its path with a sequence model is tested here
+    metrics = adapt_run(adapt_cfg(root, name, ["backbone=vibe_small", f"adapter.levels={levels}", *clip]))
     assert (root / "checkpoints" / "vibe_small_synthetic_seed0.ckpt").is_file()
     assert metrics["frames"] == 32 and np.isfinite([metrics["pa_mpjpe"], metrics["accel_error"]]).all()
     if levels:
@@ -446,6 +447,7 @@ def test_the_released_vibe_layout_adapts_at_level_three(workspace):
         "backbone.hidden_size=32",
         "backbone.n_layers=1",
         "adapter.levels=3",
+        "adapter.clip.enabled=true",
     ]
     metrics = adapt_run(adapt_cfg(root, "vibe_l3", small))
     assert metrics["frames"] == 32 and metrics["clip_steps"] == 2 and np.isfinite(metrics["pa_mpjpe"])

@@ -64,7 +64,7 @@ def test_released_videomae_weights_are_the_video_encoder_and_need_no_pretraining
     from cemr.adapt.run import checkpoints_needed
     from cemr.train.run import ensure_video_encoder
 
-    cfg = compose_config("adapt", ["adapter.levels=3"])
+    cfg = compose_config("adapt", ["adapter.levels=3", "adapter.clip.enabled=true"])  # E_video is its
     torch.manual_seed(5)
     released = build_video_encoder(cfg.video_encoder)
     for p in released.parameters():
