@@ -305,8 +305,9 @@ def test_released_weights_adapt_as_the_source_model(workspace):
         adapt_cfg(root, "released_levels2", ["adapter.levels=2", f"backbone.weights={released}"])
     )
     assert adapted["outer_steps"] == 32
+    clip = ["adapter.levels=3", "adapter.clip.enabled=true"]  # the clip step's video alignment needs P
     with pytest.raises(ValueError, match="has no projection head P"):
-        adapt_run(adapt_cfg(root, "released_levels3", ["adapter.levels=3", f"backbone.weights={released}"]))
+        adapt_run(adapt_cfg(root, "released_levels3", [*clip, f"backbone.weights={released}"]))
 
 
 def test_evaluate_refuses_a_dir_without_predictions(tmp_path):
