@@ -172,7 +172,8 @@ def test_the_stream_before_the_smoother_is_taken_from_its_rescored_predictions_f
     # per_frame.csv says otherwise: the re-scored predictions.npz arrays win when the run saved them
     write_per_frame(tmp_path / "job", HEADER, ["0,s0,0,0,1.0,20.0,10.0,30.0", "1,s1,0,0,1.0,8.0,4.0,12.0"])
     errors = {"mpjpe": np.array([6.0, 2.0]), "pa_mpjpe": np.array([3.0, 1.0]), "pve": np.array([9.0, 3.0])}
-    scores = rescored({"unsmoothed_accel_error": 2.5, "accel_error": 1.0}, errors, ["s0", "s1"])
+    errors["accel_error"] = np.array([2.0, 3.0])  # re-scored too: metrics.json's 7.5 is not used
+    scores = rescored({"unsmoothed_accel_error": 7.5, "accel_error": 1.0}, errors, ["s0", "s1"])
     result = before_smoother_result(tmp_path / "job", "levels=3", 4, scores)
     assert result.label == "levels=3, before the smoother" and result.build == 4
     assert result.per_sequence("pa_mpjpe") == {"s0": 3.0, "s1": 1.0}

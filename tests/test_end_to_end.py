@@ -183,9 +183,10 @@ def test_level_three_emits_the_smoothed_stream(workspace, capsys):
         assert not np.allclose(pred["pose"], pred["source_pose"], atol=1e-3)
         for key in ("pose", "betas", "cam"):  # the stream before the smoother is saved beside it
             np.testing.assert_allclose(pred[f"unsmoothed_{key}"], pred[f"source_{key}"], atol=1e-4)
-    rescored = rescore_run(root / "smoothed")  # and evaluate.py re-scores it as adapt.py scored it
+    rescored = rescore_run(root / "smoothed", before_smoother=True)  # re-scored as adapt.py scored it
+    assert rescore_run(root / "smoothed").unsmoothed is None  # only when asked
     before = summarize_errors(rescored.unsmoothed)
-    for key in ("mpjpe", "pa_mpjpe", "pve"):
+    for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
         assert before[key] == pytest.approx(metrics[f"unsmoothed_{key}"], abs=1e-3)
     assert metrics["accel_error"] < metrics["source_accel_error"]
     # the stream's own predictions are scored beside: here the source model's

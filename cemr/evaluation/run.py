@@ -62,7 +62,8 @@ class Rescored:
     unsmoothed: dict[str, np.ndarray] | None = None
 
 
-def rescore_run(run_dir: str | Path) -> Rescored:
+def rescore_run(run_dir: str | Path, before_smoother: bool = False) -> Rescored:
+    """before_smoother: also score the stream before level 3's smoother, where predictions.npz holds it."""
     run_dir = Path(run_dir)
     for name in ("config.yaml", "predictions.npz"):
         if not (run_dir / name).is_file():
@@ -95,7 +96,7 @@ def rescore_run(run_dir: str | Path) -> Rescored:
         source=scores(source),
         sequences=np.asarray(target.data["seq"])[scored],
         recorded=json.loads(recorded_path.read_text()) if recorded_path.is_file() else {},
-        unsmoothed=scores(unsmoothed),
+        unsmoothed=scores(unsmoothed) if before_smoother else None,
     )
 
 
@@ -185,10 +186,8 @@ def before_smoother_result(job: Path, label: str, build: int, scores: Rescored) 
     before it held them, from the per-frame errors adapt.py scored into per_frame.csv; None for a run
     without a smoother. With `adapter.clip.enabled=false` it is level 2's stream, so one levels=3 run
     pairs as level 2 and level 3 without the clip step."""
-    accel = recorded_means(scores.recorded, UNSMOOTHED).get("accel_error")
-    extra = {} if accel is None else {"accel_error": accel}
-    if scores.unsmoothed is not None:
-        return JobResult(label + BEFORE_SMOOTHER, build, scores.unsmoothed, scores.sequences, extra=extra)
+    if scores.unsmoothed is not None:  # its accel error re-scored too
+        return JobResult(label + BEFORE_SMOOTHER, build, scores.unsmoothed, scores.sequences)
     path = job / "per_frame.csv"
     if not path.is_file():
         return None
@@ -204,12 +203,13 @@ def before_smoother_result(job: Path, label: str, build: int, scores: Rescored) 
     if not rows:
         return None
     values = np.asarray([v for _, v in rows], dtype=np.float64)
+    accel = recorded_means(scores.recorded, UNSMOOTHED).get("accel_error")  # per_frame.csv has none
     return JobResult(
         label + BEFORE_SMOOTHER,
         build,
         {m: values[:, i] for i, m in enumerate(SEQUENCE_METRICS)},
         np.asarray([seq for seq, _ in rows]),
-        extra=extra,
+        extra={} if accel is None else {"accel_error": accel},
     )
 
 
@@ -220,7 +220,7 @@ def evaluate_sweep(run_dir: Path, jobs: list[Path], before_smoother: bool = Fals
     common = shared_overrides([overrides_list(job) for job in jobs])
     results, per_job, rows = {}, [], []
     for job in jobs:
-        scores = rescore_run(job)
+        scores = rescore_run(job, before_smoother)
         label = label_without_build(overrides_list(job), common)
         build = int(OmegaConf.select(scores.cfg, BUILD_SEED_KEY, default=0))
         reruns = {
