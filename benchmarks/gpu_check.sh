@@ -19,6 +19,9 @@
 #
 # Environment: SPEED_FRAMES (24) frames per table row, SPEED_PRECISION (16-mixed, trainer=gpu's)
 # for the hmr table, MEMORY_FRAMES (empty: skipped), CHECK_TIMEOUT (420) seconds per check.
+# CHECK_DEVICE=cpu rehearses the whole script on a machine without a GPU (trainer=cpu, precisions 32
+# and bf16-mixed, as torch has no 16-mixed on CPU; the 2-process DDP check on gloo), so that a scarce
+# GPU session does not find a mistake in the script itself.
 
 set -u -o pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -28,7 +31,15 @@ SPEED_FRAMES=${SPEED_FRAMES:-24}
 SPEED_PRECISION=${SPEED_PRECISION:-16-mixed}
 MEMORY_FRAMES=${MEMORY_FRAMES:-}
 CHECK_TIMEOUT=${CHECK_TIMEOUT:-420}
-PRECISIONS=(32 bf16-mixed 16-mixed)
+CHECK_DEVICE=${CHECK_DEVICE:-cuda}
+case "$CHECK_DEVICE" in
+cuda) PRECISIONS=(32 bf16-mixed 16-mixed) TRAINER=gpu DDP=(trainer=ddp) ;;
+cpu) PRECISIONS=(32 bf16-mixed) TRAINER=cpu DDP=(trainer=cpu trainer.strategy=ddp trainer.devices=2) SPEED_PRECISION=bf16-mixed ;;
+*)
+    echo "CHECK_DEVICE must be cuda or cpu, not '$CHECK_DEVICE'" >&2
+    exit 2
+    ;;
+esac
 
 # tests/conftest.py's TINY, with two target sequences so that DDP gives each rank one
 TINY=(
@@ -49,11 +60,17 @@ TINY=(
 
 gpu_info() {
     local rc=0
-    nvidia-smi || rc=1
+    [ "$CHECK_DEVICE" = cpu ] || nvidia-smi || rc=1
     python - <<'EOF' || rc=1
+import os
+import sys
+
 import torch
 
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+if os.environ["CHECK_DEVICE"] == "cpu":
+    print(f"CPU rehearsal: {torch.get_num_threads()} threads")
+    sys.exit(0)
 assert torch.cuda.is_available(), "torch sees no CUDA device"
 for i in range(torch.cuda.device_count()):
     p = torch.cuda.get_device_properties(i)
@@ -64,7 +81,7 @@ EOF
 }
 
 bench() { # bench BACKBONE PRECISION: the speed table, its JSON into OUT_DIR
-    python -m benchmarks.bench_adapt --device cuda --backbone "$1" --precision "$2" \
+    python -m benchmarks.bench_adapt --device "$CHECK_DEVICE" --backbone "$1" --precision "$2" \
         --frames "$SPEED_FRAMES" --json "$OUT_DIR/speed_$1_$2.json"
 }
 
@@ -94,7 +111,7 @@ OUT_DIR=$(realpath -m "${1:-${OUT:-$(mktemp -d -t cemr_gpu_check.XXXXXX)}}")
 WORK=$(mktemp -d -t cemr_gpu_work.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT_DIR"
-export OUT_DIR WORK SPEED_FRAMES SPEED_PRECISION WANDB_MODE=offline PYTHONUNBUFFERED=1
+export OUT_DIR WORK SPEED_FRAMES SPEED_PRECISION CHECK_DEVICE WANDB_MODE=offline PYTHONUNBUFFERED=1
 
 SUMMARY=()
 FAILED=0
@@ -120,7 +137,11 @@ skip() {
     SUMMARY+=("$(printf '%-8s %-28s %6s  %s' skipped "$1" - "$2")")
 }
 
-gpus=$(python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "$CHECK_DEVICE" = cpu ]; then
+    gpus=2 # the DDP check runs 2 gloo processes on the CPU
+else
+    gpus=$(python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+fi
 
 check gpu_info gpu_info
 for precision in "${PRECISIONS[@]}"; do
@@ -128,15 +149,15 @@ for precision in "${PRECISIONS[@]}"; do
 done
 check "speed_hmr_$SPEED_PRECISION" bench hmr "$SPEED_PRECISION"
 for precision in "${PRECISIONS[@]}"; do
-    check "adapt_$precision" adapt "gpu_$precision" trainer=gpu trainer.precision="$precision"
+    check "adapt_$precision" adapt "${TRAINER}_$precision" trainer="$TRAINER" trainer.precision="$precision"
 done
 if [ "$gpus" -ge 2 ]; then
-    check adapt_ddp_2gpus adapt ddp trainer=ddp trainer.devices=2 adapter.reset=sequence
+    check adapt_ddp_2gpus adapt ddp "${DDP[@]}" adapter.reset=sequence
 else
     skip adapt_ddp_2gpus "$gpus GPU(s)"
 fi
 if [ -n "$MEMORY_FRAMES" ]; then
-    check memory python -m benchmarks.bench_adapt --device cuda --precision "$SPEED_PRECISION" \
+    check memory python -m benchmarks.bench_adapt --device "$CHECK_DEVICE" --precision "$SPEED_PRECISION" \
         --memory --memory-frames "$MEMORY_FRAMES" --json "$OUT_DIR/memory.json"
 else
     skip memory "MEMORY_FRAMES not set"

@@ -1,7 +1,8 @@
 """`run(cfg)` behind train.py: source-model training and video-encoder pretraining.
 
-task=source: train the regressor SPIN-style on the source split, fit the projection head P that
-level 3 aligns with the frozen video encoder (pretraining it first if missing), save the source
+task=source: train the regressor SPIN-style on the source split with the projection head P that
+level 3 aligns with the frozen video encoder (pretraining it first if missing): learned with the
+model (training.align.joint_weight > 0) or fitted to its frozen features afterwards; save the source
 checkpoint and print source-only errors on the source test split and the target (the domain gap).
 task=videomae: self-supervised masked-autoencoder pretraining of the video encoder on source clips.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import CombinedLoader
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
@@ -35,6 +37,7 @@ from cemr.runtime import (
     seed_everything,
 )
 from cemr.train.curve import LearningCurve
+from cemr.train.module import alignment_loss, clip_features
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +158,10 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
         log.info(init_from_source_model(model, cfg.backbone))
     for name in cfg.backbone.get("frozen") or []:
         getattr(model, name).requires_grad_(False)
-    module = instantiate(cfg.training.module)(model, build_body_model(cfg.body), cfg.training)
+    joint = joint_alignment(cfg, model, data.source, encoder)  # None (the default): P is fitted afterwards
+    module = instantiate(cfg.training.module)(
+        model, build_body_model(cfg.body), cfg.training, **({"align_head": joint[0]} if joint else {})
+    )
     smoke = smoke_setting(cfg)
     callbacks = (
         [] if smoke else [ModelCheckpoint(dirpath=Path(cfg.paths.output_dir) / "checkpoints", save_last=True)]
@@ -170,11 +176,25 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
         gradient_clip_val=cfg.training.gradient_clip_val,
         **({"enable_checkpointing": False} if smoke else {}),
     )
-    trainer.fit(module, source_dataloader(data, model), ckpt_path=cfg.training.resume_from)
+    loader = source_dataloader(data, model)
+    if joint is not None:
+        loader = CombinedLoader({"frames": loader, "clips": joint[1]}, mode="max_size_cycle")
+    trainer.fit(module, loader, ckpt_path=cfg.training.resume_from)
     path = Path(cfg.training.checkpoint)
     extra = None
     if trainer.is_global_zero:
-        align_head = fit_align_head(cfg, model, data.source, load_video_encoder(cfg, encoder))
+        video_encoder = load_video_encoder(cfg, encoder)
+        if joint is None:
+            align_head = fit_align_head(cfg, model, data.source, video_encoder)
+        else:
+            align_head = joint[0].eval()
+            features, targets = alignment_pairs(cfg, data.source, video_encoder, model)
+            with torch.no_grad():
+                loss = alignment_loss(align_head, features, targets)
+            log.info(
+                f"projection head P (learned with the model): alignment 1 - cos = {loss.item():.4f} "
+                f"on {len(features)} source clips"
+            )
         extra = {"align_head": align_head.state_dict()}
         if smoke:
             log.info(f"smoke run ({smoke}): source model not saved")
@@ -239,14 +259,6 @@ def source_dataloader(data, model: torch.nn.Module) -> DataLoader:
     )
 
 
-def clip_features(model: torch.nn.Module, clips: torch.Tensor) -> torch.Tensor:
-    """Per-frame pooled trunk features (B, T, C) of clips (B, 3, T, S, S), for either kind of model."""
-    frames = clips.transpose(1, 2)  # (B, T, 3, S, S)
-    if sequence_length(model) is not None:
-        return model.extract_features(frames)
-    return model.extract_features(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
-
-
 def ensure_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
     """Make sure the level-3 video encoder exists: when its checkpoint is missing (and is the config's
     default, see `check_missing_checkpoint`), pretrain it first (task=videomae). Returns the encoder
@@ -300,6 +312,31 @@ def train_video_encoder(cfg: DictConfig) -> torch.nn.Module | None:
     return None
 
 
+def alignment_clips(cfg: DictConfig, frames) -> ClipDataset:
+    """The source clips P is learned on: video_encoder.num_frames frames, every half clip."""
+    return ClipDataset(frames, cfg.video_encoder.num_frames, stride=cfg.video_encoder.num_frames // 2)
+
+
+def alignment_pairs(
+    cfg: DictConfig, frames, encoder: torch.nn.Module, model: torch.nn.Module | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Over the source clips (unaugmented), under no_grad: the model's per-frame trunk features
+    mean-pooled over each clip (N, C; None without a model) and the frozen video embeddings (N, D)."""
+    features, targets = [], []
+    was_training = model is not None and model.training
+    if model is not None:
+        model.eval()
+    workers = cfg.training.num_workers
+    with torch.no_grad():
+        for clip in DataLoader(alignment_clips(cfg, frames), batch_size=4, num_workers=workers):
+            if model is not None:
+                features.append(clip_features(model, clip["img"]).mean(1))
+            targets.append(encoder(clip["img"]))
+    if model is not None:
+        model.train(was_training)
+    return (torch.cat(features) if features else None), torch.cat(targets)
+
+
 def fit_align_head(
     cfg: DictConfig, model: torch.nn.Module, frames, encoder: torch.nn.Module
 ) -> torch.nn.Module:
@@ -308,23 +345,60 @@ def fit_align_head(
     Level 3 aligns the adapted model's P(features) with E_video(clip) by cosine, so P is trained on the
     source clips with the same cosine loss, on frozen features of the frozen `encoder`.
     """
-    clips = ClipDataset(frames, cfg.video_encoder.num_frames, stride=cfg.video_encoder.num_frames // 2)
-    features, targets = [], []
-    model.eval()
-    with torch.no_grad():
-        for clip in DataLoader(clips, batch_size=4, num_workers=cfg.training.num_workers):
-            features.append(clip_features(model, clip["img"]).mean(1))
-            targets.append(encoder(clip["img"]))
-    features, targets = torch.cat(features), torch.cat(targets)
+    features, targets = alignment_pairs(cfg, frames, encoder, model)
     head = torch.nn.Linear(features.shape[1], targets.shape[1])
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.training.align.lr)
     for _ in range(cfg.training.align.epochs):
-        loss = (1 - torch.nn.functional.cosine_similarity(head(features), targets)).mean()
+        loss = alignment_loss(head, features, targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     log.info(f"projection head P: alignment 1 - cos = {loss.item():.4f} on {len(features)} source clips")
     return head
+
+
+def joint_alignment(
+    cfg: DictConfig, model: torch.nn.Module, frames, encoder: torch.nn.Module | None
+) -> tuple[torch.nn.Linear, DataLoader] | None:
+    """With training.align.joint_weight > 0: a fresh P and a seeded, shuffled loader of
+    `align.clips_per_step` source clips a batch, each with its frozen video embedding ("target"),
+    computed once here; None when P is fitted after training instead."""
+    align = cfg.training.align
+    weight = float(align.get("joint_weight") or 0.0)
+    if weight < 0:
+        raise ValueError(f"training.align.joint_weight must be >= 0, got {weight}")
+    if weight == 0:
+        return None
+    if sequence_length(model) is not None:
+        raise ValueError(
+            f"training.align.joint_weight={weight}: P is learned with single-frame models only; "
+            f"{cfg.backbone.name} takes its trunk (and P) from its HMR (backbone.init_from)"
+        )
+    clips = alignment_clips(cfg, frames)
+    _, targets = alignment_pairs(cfg, frames, load_video_encoder(cfg, encoder))
+    log.info(f"projection head P: learned with the model on {len(clips)} source clips (weight {weight})")
+    head = torch.nn.Linear(model.trunk.num_features, targets.shape[1])
+    loader = DataLoader(
+        EmbeddedClips(clips, targets),
+        batch_size=int(align.get("clips_per_step", 1)),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        num_workers=cfg.training.num_workers,
+    )
+    return head, loader
+
+
+class EmbeddedClips(torch.utils.data.Dataset):
+    """Source clips (their images only) with a frozen video embedding each."""
+
+    def __init__(self, clips: ClipDataset, targets: torch.Tensor) -> None:
+        self.clips, self.targets = clips, targets
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"img": self.clips[index]["img"], "target": self.targets[index]}
 
 
 def evaluate_source(cfg: DictConfig, model: torch.nn.Module) -> dict[str, float]:
