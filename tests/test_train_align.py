@@ -22,7 +22,14 @@ from cemr.models.prediction import decode
 from cemr.train.module import SourceModule
 from cemr.train.run import train_source
 from tests.conftest import compose_config
-from tests.test_train_vibe import CROP, LOSS_WEIGHTS, SEQ_LEN, TINY_BENCHMARK, tiny_hmr
+from tests.test_train_vibe import (
+    CROP,
+    LOSS_WEIGHTS,
+    SEQ_LEN,
+    TINY_BENCHMARK,
+    TINY_IMAGES_AND_ENCODER,
+    tiny_hmr,
+)
 
 WEIGHT = 0.7
 
@@ -97,15 +104,7 @@ def tiny_train_config(tmp_path, *overrides):
             f"backbone.crop_size={CROP}",
             "backbone.dropout=0.0",
             *prepare,
-            "dataset.prepare.source_image_size=[48,48]",
-            "dataset.prepare.target_image_size=[48,64]",
-            f"video_encoder.num_frames={SEQ_LEN}",
-            "video_encoder.embed_dim=24",
-            "video_encoder.depth=1",
-            "video_encoder.num_heads=2",
-            "video_encoder.pretrain.decoder_embed_dim=16",
-            "video_encoder.pretrain.decoder_depth=1",
-            "video_encoder.pretrain.decoder_num_heads=2",
+            *TINY_IMAGES_AND_ENCODER,
             "training.max_epochs=3",
             "training.batch_size=8",
             "training.videomae.max_epochs=1",

@@ -40,6 +40,19 @@ TINY_BENCHMARK = {
     "progress": False,
 }
 
+# train.py overrides for TINY_BENCHMARK's images and a one-block video encoder on SEQ_LEN frames
+TINY_IMAGES_AND_ENCODER = [
+    "dataset.prepare.source_image_size=[48,48]",
+    "dataset.prepare.target_image_size=[48,64]",
+    f"video_encoder.num_frames={SEQ_LEN}",
+    "video_encoder.embed_dim=24",
+    "video_encoder.depth=1",
+    "video_encoder.num_heads=2",
+    "video_encoder.pretrain.decoder_embed_dim=16",
+    "video_encoder.pretrain.decoder_depth=1",
+    "video_encoder.pretrain.decoder_num_heads=2",
+]
+
 
 def tiny_vibe(mean_params, seed: int = 0) -> VIBE:
     torch.manual_seed(seed)
@@ -177,15 +190,7 @@ def test_train_source_trains_and_saves_a_tiny_vibe(tmp_path, caplog):
             f"backbone.seq_len={SEQ_LEN}",
             "backbone.hidden_size=32",
             *prepare,
-            "dataset.prepare.source_image_size=[48,48]",
-            "dataset.prepare.target_image_size=[48,64]",
-            f"video_encoder.num_frames={SEQ_LEN}",
-            "video_encoder.embed_dim=24",
-            "video_encoder.depth=1",
-            "video_encoder.num_heads=2",
-            "video_encoder.pretrain.decoder_embed_dim=16",
-            "video_encoder.pretrain.decoder_depth=1",
-            "video_encoder.pretrain.decoder_num_heads=2",
+            *TINY_IMAGES_AND_ENCODER,
             "training.max_epochs=1",
             "training.batch_size=8",
             "training.videomae.max_epochs=1",
