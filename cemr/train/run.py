@@ -142,10 +142,12 @@ def check_missing_checkpoint(cfg: DictConfig, key: str) -> None:
 
 
 def train_source(cfg: DictConfig) -> CEMRCheckpoint:
-    """Train the configured backbone on the source split, fit its projection head P and save both at
+    """Train the configured backbone on the source split with its projection head P (learned with it
+    under training.align.joint_weight > 0, else fitted afterwards) and save both at
     training.checkpoint; returns the model as saved (loaded back).
 
-    Under DDP every rank trains; rank 0 alone fits P and saves, and the others wait for the file. A
+    Under DDP every rank trains; rank 0 alone fits P (or scores the learned one) and saves, and the
+    others wait for the file. A
     smoke run (`smoke_setting`) saves nothing: it returns the model and head from memory.
     """
     encoder = ensure_video_encoder(cfg)  # before the source fit, so that every DDP rank takes part in it
