@@ -34,7 +34,10 @@ CHECK_TIMEOUT=${CHECK_TIMEOUT:-420}
 CHECK_DEVICE=${CHECK_DEVICE:-cuda}
 case "$CHECK_DEVICE" in
 cuda) PRECISIONS=(32 bf16-mixed 16-mixed) TRAINER=gpu DDP=(trainer=ddp) ;;
-cpu) PRECISIONS=(32 bf16-mixed) TRAINER=cpu DDP=(trainer=cpu trainer.strategy=ddp trainer.devices=2) SPEED_PRECISION=bf16-mixed ;;
+cpu)
+    PRECISIONS=(32 bf16-mixed) TRAINER=cpu DDP=(trainer=cpu trainer.strategy=ddp trainer.devices=2)
+    [ "$SPEED_PRECISION" != 16-mixed ] || SPEED_PRECISION=bf16-mixed # torch has no 16-mixed on CPU
+    ;;
 *)
     echo "CHECK_DEVICE must be cuda or cpu, not '$CHECK_DEVICE'" >&2
     exit 2
