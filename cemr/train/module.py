@@ -67,10 +67,16 @@ class SourceModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
+def sequence_length(model: nn.Module) -> int | None:
+    """The clip length T a sequence model declares (`seq_len`: it takes images (B, T, 3, S, S));
+    None for a single-frame model (images (B, 3, S, S))."""
+    return getattr(model, "seq_len", None)
+
+
 def clip_features(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
     """Per-frame pooled trunk features (B, T, C) of clips (B, 3, T, S, S), for either kind of model."""
     frames = clips.transpose(1, 2)  # (B, T, 3, S, S)
-    if getattr(model, "seq_len", None) is not None:
+    if sequence_length(model) is not None:
         return model.extract_features(frames)
     return model.extract_features(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
 

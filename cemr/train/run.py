@@ -37,7 +37,7 @@ from cemr.runtime import (
     seed_everything,
 )
 from cemr.train.curve import LearningCurve
-from cemr.train.module import alignment_loss, clip_features
+from cemr.train.module import alignment_loss, clip_features, sequence_length
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +185,13 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
     path = Path(cfg.training.checkpoint)
     extra = None
     if trainer.is_global_zero:
-        video_encoder = load_video_encoder(cfg, encoder)
         if joint is None:
-            align_head = fit_align_head(cfg, model, data.source, video_encoder)
+            align_head = fit_align_head(cfg, model, data.source, load_video_encoder(cfg, encoder))
         else:
             align_head = joint[0].eval()
-            features, targets = alignment_pairs(cfg, data.source, video_encoder, model)
+            features, _ = alignment_pairs(cfg, data.source, model=model)
             with torch.no_grad():
-                loss = alignment_loss(align_head, features, targets)
+                loss = alignment_loss(align_head, features, joint[1].dataset.targets)
             log.info(
                 f"projection head P (learned with the model): alignment 1 - cos = {loss.item():.4f} "
                 f"on {len(features)} source clips"
@@ -232,12 +231,6 @@ def spin_augment(training: DictConfig) -> SpinAugment | None:
     if not node or not node.enabled:
         return None
     return SpinAugment(**{k: v for k, v in node.items() if k != "enabled"})
-
-
-def sequence_length(model: torch.nn.Module) -> int | None:
-    """The clip length T a sequence model declares (`seq_len`: it takes images (B, T, 3, S, S));
-    None for a single-frame model (images (B, 3, S, S))."""
-    return getattr(model, "seq_len", None)
 
 
 def source_dataloader(data, model: torch.nn.Module) -> DataLoader:
@@ -320,10 +313,11 @@ def alignment_clips(cfg: DictConfig, frames) -> ClipDataset:
 
 
 def alignment_pairs(
-    cfg: DictConfig, frames, encoder: torch.nn.Module, model: torch.nn.Module | None = None
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Over the source clips (unaugmented), under no_grad: the model's per-frame trunk features
-    mean-pooled over each clip (N, C; None without a model) and the frozen video embeddings (N, D)."""
+    cfg: DictConfig, frames, encoder: torch.nn.Module | None = None, model: torch.nn.Module | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """In one pass over the source clips (unaugmented), under no_grad: the model's per-frame trunk
+    features mean-pooled over each clip (N, C) and the frozen video embeddings (N, D); None for the
+    one not asked for (no model, no encoder)."""
     features, targets = [], []
     was_training = model is not None and model.training
     if model is not None:
@@ -333,10 +327,11 @@ def alignment_pairs(
         for clip in DataLoader(alignment_clips(cfg, frames), batch_size=4, num_workers=workers):
             if model is not None:
                 features.append(clip_features(model, clip["img"]).mean(1))
-            targets.append(encoder(clip["img"]))
+            if encoder is not None:
+                targets.append(encoder(clip["img"]))
     if model is not None:
         model.train(was_training)
-    return (torch.cat(features) if features else None), torch.cat(targets)
+    return (torch.cat(features) if features else None), (torch.cat(targets) if targets else None)
 
 
 def fit_align_head(
