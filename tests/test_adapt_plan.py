@@ -254,6 +254,31 @@ def test_pose_index_retrieves_the_nearest_poses_first_whatever_their_scale():
         PoseIndex.build(torch.zeros(0, 49, 3))
 
 
+def test_pose_distances_are_the_plain_formula_bit_for_bit():
+    """The index's cached normalisation (a query covering its confidences) changes no number."""
+
+    def plain(index, keypoints):
+        xy, conf = _gt24(keypoints[None])
+        weight = torch.minimum(index.conf, conf)
+        index_xy, query_xy = _normalize(index.xy, weight), _normalize(xy.expand_as(index.xy), weight)
+        sq = ((index_xy - query_xy) ** 2).sum(-1, keepdim=True)
+        dist = (weight * sq).sum((-2, -1)) / weight.sum((-2, -1)).clamp(min=1e-12)
+        return torch.where((weight[..., 0] > 0).sum(-1) >= 2, dist, torch.full_like(dist, float("inf")))
+
+    gen = torch.Generator().manual_seed(2)
+    source = torch.cat([torch.rand(300, 49, 2, generator=gen) * 200, torch.ones(300, 49, 1)], -1)
+    mixed = source.clone()
+    mixed[::3, 40, 2] = 0.5  # a second confidence pattern in the index
+    mixed[::7, 30, 2] = 0
+    query = torch.cat([torch.rand(49, 2, generator=gen) * 200, torch.ones(49, 1)], -1)
+    missing = query.clone()
+    missing[27:31, 2] = 0  # the query does not cover the index's confidences
+    for index in (PoseIndex.build(source), PoseIndex.build(mixed)):
+        for keypoints in (query, missing, source[4]):
+            assert torch.equal(index.distances(keypoints), plain(index, keypoints))
+    assert PoseIndex.build(source).distances(source[4])[4] == 0
+
+
 def test_replayed_samples_weigh_decay_to_the_rank(parts):
     cfg = adapter_cfg(levels=2)
     cfg.replay.decay = 0.5
