@@ -69,7 +69,9 @@ from cemr.models.hmr import pooled_trunk_features
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("boa", "dynaboa", "cemr")  # configs/experiment/
 AUTOCAST = {"32": None, "32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
-SOURCE_FRAMES = 64  # labelled crops the replaying rows draw from
+# labelled crops the replaying rows draw from: as many as the embedded default's source_train, so
+# that pose retrieval searches an index of the size it searches there (64 until session 19)
+SOURCE_FRAMES = 16_000
 
 
 class RandomFrames(Dataset):
@@ -82,12 +84,17 @@ class RandomFrames(Dataset):
     def __len__(self):
         return self.n
 
-    def __getitem__(self, i):
+    def keypoints(self, i) -> tuple[torch.Tensor, torch.Generator]:
+        """Frame i's (49, 3) keypoints, and the generator its crop is drawn from next."""
         gen = torch.Generator().manual_seed(self.seed * 10**9 + i)
         xy = torch.rand(49, 2, generator=gen) * 1.6 - 0.8
+        return torch.cat([xy, torch.ones(49, 1)], -1), gen
+
+    def __getitem__(self, i):
+        keypoints, gen = self.keypoints(i)
         return {
             "img": torch.randn(3, self.crop, self.crop, generator=gen),
-            "keypoints": torch.cat([xy, torch.ones(49, 1)], -1),
+            "keypoints": keypoints,
             "seq_id": torch.tensor(0),
             "person": torch.tensor(0),
             "index": torch.tensor(i),
@@ -296,7 +303,7 @@ def replay_source(plan: Plan, cfg: DictConfig, feature_dim: int):
         return None
     source = RandomFrames(SOURCE_FRAMES, cfg.backbone.crop_size, seed=1)
     if plan.replay == "pose":
-        index = PoseIndex.build(torch.stack([source[i]["keypoints"] for i in range(len(source))]))
+        index = PoseIndex.build(torch.stack([source.keypoints(i)[0] for i in range(len(source))]))
     elif plan.replay == "feature":
         features = torch.randn(len(source), feature_dim, generator=torch.Generator().manual_seed(1))
         index = ReplayBank.build(features, cfg.adapter.replay.clusters, seed=cfg.seed)
@@ -438,6 +445,7 @@ PARTS = {
         ("cemr/models/losses.py", "emitted_smoothness"),
         ("cemr/adapt/module.py", "_replay_loss"),
     ],
+    "replay retrieval (search, loading the samples)": [("cemr/adapt/module.py", "_retrieve_source")],
     "optimiser steps": [("torch/optim/adam.py", "step")],
     "MAML clone, clipping, update": [
         ("learn2learn/algorithms/maml.py", "clone"),
