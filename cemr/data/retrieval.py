@@ -108,15 +108,15 @@ class PoseIndex:
     def __post_init__(self):
         # A query whose confidences cover the index's (every joint seen, as with exact keypoints) weighs
         # each pair by the index's own confidences: what depends on the weights alone is then the same
-        # for every query, and with one confidence pattern in the index, so is the query's normalisation.
-        # Computed once here, that is most of a query's time saved, with the same numbers.
+        # for every query. Computed once here, that is most of a query's time saved, with the same numbers.
         self._own = self._weighted(self.conf, _normalize(self.xy, self.conf))
+        # with one confidence pattern in the index, every row's weights are the same for any query
         self._one_pattern = bool((self.conf == self.conf[:1]).all())
 
     @staticmethod
     def _weighted(weight: torch.Tensor, index: torch.Tensor):
-        """(weights, the index normalised with them, their per-row total, rows sharing >= 2 joints)."""
-        return weight, index, weight.sum((-2, -1)), (weight[..., 0] > 0).sum(-1) >= 2
+        """(the index normalised with `weight`, the weights' per-row total, rows sharing >= 2 joints)."""
+        return index, weight.sum((-2, -1)), (weight[..., 0] > 0).sum(-1) >= 2
 
     @classmethod
     def build(cls, keypoints) -> PoseIndex:
@@ -130,12 +130,9 @@ class PoseIndex:
         smaller of the two confidences; inf where fewer than two joints are shared."""
         xy, conf = _gt24(keypoints.detach().cpu()[None])
         weight = torch.minimum(self.conf, conf)
-        if torch.equal(weight, self.conf):
-            weight, index, total, shared = self._own
-            query = _normalize(xy, weight[:1] if self._one_pattern else weight)
-        else:
-            weight, index, total, shared = self._weighted(weight, _normalize(self.xy, weight))
-            query = _normalize(xy.expand_as(self.xy), weight)
+        covered = torch.equal(weight, self.conf)
+        index, total, shared = self._own if covered else self._weighted(weight, _normalize(self.xy, weight))
+        query = _normalize(xy, weight[:1] if self._one_pattern else weight)
         diff = index - query
         # the two coordinates' squares summed as written: the same numbers as (diff**2).sum(-1), without
         # a reduction over a last dim of two (several times slower)
