@@ -192,3 +192,22 @@ def test_a_held_out_lr_signal_moves_the_lrs_only_once_a_frame_is_held_out(parts)
     cfg.inner.lr_signal = "frame"
     with pytest.raises(ValueError, match="lr_signal must be one of"):
         make_module(parts, cfg)
+
+
+@pytest.mark.parametrize("levels", [2, 3])
+def test_no_inner_step_streams_as_an_inner_step_of_lr_zero(parts, levels):
+    """inner.steps=0 (levels >= 2) scores the base model itself in the outer step: the records, counters
+    and final weights of a step of lr 0 (which moves no weight), bit for bit, without its passes."""
+    stream = Stream([(0, 0)] * 6 + [(1, 0)] * 5)
+    cfg = adapter_cfg(levels=levels)
+    cfg.inner.lr = 0.0
+    stepped = stream_through(make_module(parts, cfg), stream)
+    cfg.inner.steps = 0
+    skipped = stream_through(make_module(parts, cfg), stream)
+    for key, value in stepped.predictions().items():
+        assert torch.equal(value, skipped.predictions()[key]), key
+    assert stepped.counters == skipped.counters and skipped.counters["outer_steps"] == len(stream)
+    final = skipped.model.state_dict()
+    for name, value in stepped.model.state_dict().items():
+        assert torch.equal(value, final[name]), name
+    assert any(not torch.equal(v, make_module(parts, cfg).model.state_dict()[k]) for k, v in final.items())

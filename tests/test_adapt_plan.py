@@ -114,7 +114,13 @@ def test_experiments_are_their_papers_settings():
     "overrides,message",
     [
         (["adapter.levels=4"], "adapter.levels must be 0, 1, 2 or 3"),
-        (["adapter.inner.steps=0"], "adapter.inner.steps must be at least 1"),
+        (["adapter.levels=1", "adapter.inner.steps=0"], "must be at least 1 at adapter.levels=1"),
+        (["adapter.inner.steps=-1"], "and at least 0 above"),
+        (
+            ["adapter.inner.steps=0", "adapter.replay.enabled=true", "adapter.replay.retrieval=feature"],
+            "adapter.inner.steps=0 cannot retrieve by feature",
+        ),
+        (["adapter.inner.steps=0", "adapter.inner.lr_rate=0.1"], "it needs adapter.inner.steps >= 1"),
         (["adapter.emit=student"], "adapter.emit must be one of"),
         (["adapter.emit=teacher", "adapter.teacher.enabled=false"], "emit=teacher needs the mean teacher"),
         (["adapter.replay.enabled=true", "adapter.replay.retrieval=cosine"], "adapter.replay.retrieval"),

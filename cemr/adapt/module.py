@@ -258,8 +258,11 @@ class AdaptationModule(L.LightningModule):
         `replay.inner`, BOA).
 
         Also returns the clone's prediction of frame t before its first step, which is the base
-        model's: the caller reuses it instead of running the base model once more.
+        model's: the caller reuses it instead of running the base model once more. With no inner step
+        (`inner.steps=0`, levels >= 2) the clone is the base model and that prediction None.
         """
+        if not self.plan.inner_steps:  # level 2 without level 1: the outer step scores the base model itself
+            return self.model, None
         images, keypoints = frame["img"], frame["keypoints"]
         source = frame.get("source") if self.plan.replay_inner else None
         batch = images if source is None else torch.cat([images, source["img"]])
@@ -511,12 +514,15 @@ class AdaptationModule(L.LightningModule):
         feat_before = after = emitted = None
         for step in range(max_steps):
             clone, unadapted = self._adapted_clone(frame)
-            if step == 0:  # the unadapted clone is the base model before any step on this frame
+            if step == 0 and unadapted is not None:  # the base model's prediction before any step on frame t
                 after = _detached(unadapted)
                 feat_before = after.head_feature
                 if self.plan.replay == "feature" and self.replay_source is not None:
                     frame["source"] = self._retrieve_source(frame, after.feature)
             loss, parts, clone_now = self._outer_loss(clone, frame)
+            if after is None:  # no inner step: the outer step's own prediction of t is the base model's
+                after = _detached(clone_now)
+                feat_before = after.head_feature
             emitted = self._finite_or(_detached(clone_now), after)
             if not self._step(self.optimizers()[0], loss, self._lr_signal(parts)):
                 break

@@ -18,7 +18,7 @@ LR_SIGNALS = ("outer", "held_out")
 @dataclass(frozen=True)
 class Plan:
     levels: int
-    inner_steps: int  # level 1: clone steps on L_frame (0 at levels=0)
+    inner_steps: int  # level 1: clone steps on L_frame (0 at levels=0, or at levels >= 2 where asked)
     lr_signal: str  # what a learned inner lr follows (LR_SIGNALS)
     pose_barrier: bool  # L_frame also penalises the pose prior's cost above a quantile of the source poses'
     outer: bool  # level 2: the clone's loss on frame t and its context updates the base weights
@@ -52,8 +52,12 @@ class Plan:
         levels = int(adapter.levels)
         if levels not in (0, 1, 2, 3):
             raise ValueError(f"adapter.levels must be 0, 1, 2 or 3, got {adapter.levels}")
-        if int(adapter.inner.steps) < 1:
-            raise ValueError(f"adapter.inner.steps must be at least 1, got {adapter.inner.steps}")
+        inner_steps = int(adapter.inner.steps)
+        if inner_steps < 0 or (inner_steps == 0 and levels == 1):
+            raise ValueError(
+                f"adapter.inner.steps must be at least 1 at adapter.levels=1 and at least 0 above (0: the "
+                f"outer step scores the base model itself, no level-1 step), got {adapter.inner.steps}"
+            )
         lr_signal = adapter.inner.get("lr_signal", "outer")
         if lr_signal not in LR_SIGNALS:
             raise ValueError(f"adapter.inner.lr_signal must be one of {LR_SIGNALS}, got {lr_signal!r}")
@@ -68,6 +72,15 @@ class Plan:
             raise ValueError(
                 "adapter.replay.inner=true needs a retrieval known before the inner step "
                 "(adapter.replay.retrieval=pose or random); feature retrieval uses the frame's feature"
+            )
+        if inner_steps == 0 and replay == "feature":
+            raise ValueError(
+                "adapter.inner.steps=0 cannot retrieve by feature (adapter.replay.retrieval=feature takes "
+                "the frame's feature from the inner step's forward pass): use retrieval=pose or random"
+            )
+        if inner_steps == 0 and float(adapter.inner.get("lr_rate", 0.0)) > 0:
+            raise ValueError(
+                "adapter.inner.lr_rate > 0 learns the inner step's lr: it needs adapter.inner.steps >= 1"
             )
         if adapter.emit == "teacher" and outer and not adapter.teacher.enabled:
             raise ValueError("adapter.emit=teacher needs the mean teacher: set adapter.teacher.enabled=true")
@@ -101,7 +114,7 @@ class Plan:
         clip = levels >= 3 and bool(adapter.clip.get("enabled", True))
         return cls(
             levels=levels,
-            inner_steps=int(adapter.inner.steps) if levels >= 1 else 0,
+            inner_steps=inner_steps if levels >= 1 else 0,
             lr_signal=lr_signal,
             pose_barrier=levels >= 1 and weights.get("pose_barrier", 0.0) > 0,
             outer=outer,
