@@ -53,3 +53,53 @@ def test_a_subset_scores_as_those_rows_of_the_full_split(tmp_path, synthetic_bod
     for metric in ("mpjpe", "pa_mpjpe", "pve"):
         assert scores[metric] == pytest.approx(full[metric][[0, 1, 3, 4]].mean(), abs=1e-4)
     assert scores["frames"] == 4
+
+
+def test_ground_truth_kept_across_calls_scores_as_built_each_time(tmp_path, synthetic_body_dir):
+    """score_dataset's `truths`: the ground truth of a set of rows is built once and reused for the
+    next model scored on them, with the same errors to the bit; other rows get their own."""
+    from cemr.body import load_body_model
+    from cemr.evaluation.protocol import score_frames
+    from cemr.models.prediction import body_vertices
+
+    arrays = make_arrays()
+    arrays["pose"] *= 0.2
+    arrays["gender"] = np.array(list("mfnmfnmfn"))[: len(arrays["pose"])]
+    np.savez(tmp_path / "test.npz", **arrays)
+    frames = PreparedDataset(tmp_path / "test.npz", crop_size=32)
+    body_models = {g: load_body_model(synthetic_body_dir, g) for g in ("neutral", "male", "female")}
+    regressor = body_models["neutral"].J_regressor_h36m.double().numpy()
+    rng = np.random.default_rng(1)
+    n = len(frames)
+
+    def prediction(rows):
+        return {
+            "index": rows,
+            "pose": rng.normal(scale=0.2, size=(len(rows), 72)),
+            "betas": np.zeros((len(rows), 10)),
+        }
+
+    first, second, part = prediction(np.arange(n)), prediction(np.arange(n)), prediction(np.arange(3))
+    truths = {}
+    kept = [score_dataset(p, frames, body_models, regressor, truths) for p in (first, second, part)]
+    fresh = [score_dataset(p, frames, body_models, regressor) for p in (first, second, part)]
+    assert len(truths) == 2  # all labelled rows, and the first three
+    for a, b in zip(kept, fresh, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(kept[0]["mpjpe"], kept[1]["mpjpe"])
+    labelled = np.flatnonzero(arrays["has_smpl"] > 0)  # independently: the protocol on the meshes
+    gt = np.stack(
+        [
+            body_vertices(body_models[{"m": "male", "f": "female", "n": "neutral"}[g]], p[None], s[None])[0]
+            for p, s, g in zip(
+                arrays["pose"][labelled], arrays["shape"][labelled], arrays["gender"][labelled], strict=True
+            )
+        ]
+    )
+    neutral = body_vertices(body_models["neutral"], arrays["pose"][labelled], arrays["shape"][labelled])
+    pred = body_vertices(body_models["neutral"], second["pose"][labelled], second["betas"][labelled])
+    expected = score_frames(pred, gt, regressor, gt_vertices_pve_m=neutral)
+    for name, values in expected.items():
+        np.testing.assert_allclose(
+            kept[1][name], values, rtol=0, atol=1e-4
+        )  # float32 body model, other batches

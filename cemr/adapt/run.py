@@ -115,10 +115,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         averaged = predict_frames(adapted.average, target) if adapted.average is not None else None
         scored = {"source_": baseline, "": predictions, "snapshot_": snapshot, "average_": averaged}
         scored[UNSMOOTHED] = unsmoothed if plan.smoothing else None
-        by_row = {}
+        by_row, truths = {}, {}
         for prefix, frames in scored.items():
             if frames is not None:
-                errors = score_dataset(frames, target, body_models, regressor)
+                errors = score_dataset(frames, target, body_models, regressor, truths)
                 metrics.update({f"{prefix}{k}": v for k, v in summarize_errors(errors).items()})
                 by_row[prefix] = errors_by_row(frames, target, errors)
         write_text_atomic(out_dir / "per_frame.csv", frame_table(target, by_row))

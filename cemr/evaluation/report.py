@@ -6,46 +6,71 @@ VIBE), the prediction from the neutral one; all without translation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from cemr.body import GENDER_CODES
 from cemr.evaluation.metrics import accel_error
-from cemr.evaluation.protocol import M_TO_MM, joints14, score_frames
+from cemr.evaluation.protocol import M_TO_MM, frame_errors, joints14
 from cemr.models.prediction import body_vertices
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The meshes and joints N labelled frames are scored against (metres): the gendered mesh and its
+    14 joints, and the neutral mesh PVE compares with (DynaBOA, VIBE)."""
+
+    vertices: np.ndarray  # (N, V, 3) from the frame's own gender's body model
+    neutral: np.ndarray  # (N, V, 3) from the neutral body model
+    joints14: np.ndarray  # (N, 14, 3) root-centred, from `vertices`
+
+
+@torch.no_grad()
+def ground_truth(
+    gt_pose: np.ndarray,
+    gt_betas: np.ndarray,
+    gt_gender: np.ndarray,
+    body_models: dict[str, torch.nn.Module],
+    J_regressor_h36m: np.ndarray,
+) -> GroundTruth:
+    """body_models maps "neutral", "male", "female" to body models; gt_gender holds 'm', 'f' or 'n' per
+    frame."""
+    if not len(gt_pose) == len(gt_betas) == len(gt_gender):
+        raise ValueError("ground_truth: pose, betas and gender arrays have different lengths")
+    neutral = body_vertices(body_models["neutral"], gt_pose, gt_betas)
+    vertices = neutral.copy()
+    for code, name in GENDER_CODES.items():
+        rows = np.flatnonzero(np.asarray(gt_gender) == code)
+        if len(rows) and name != "neutral":
+            vertices[rows] = body_vertices(body_models[name], gt_pose[rows], gt_betas[rows])
+    return GroundTruth(vertices, neutral, joints14(vertices, J_regressor_h36m))
 
 
 @torch.no_grad()
 def score_predictions(
     pred_pose: np.ndarray,
     pred_betas: np.ndarray,
-    gt_pose: np.ndarray,
-    gt_betas: np.ndarray,
-    gt_gender: np.ndarray,
+    truth: GroundTruth,
     track: np.ndarray,
-    body_models: dict[str, torch.nn.Module],
+    body_model: torch.nn.Module,
     J_regressor_h36m: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Per-frame errors in mm for N frames given in time order within each track.
+    """Per-frame errors in mm for N frames given in time order within each track, the prediction's
+    mesh from the neutral `body_model`.
 
-    body_models maps "neutral", "male", "female" to body models; gt_gender holds 'm', 'f' or 'n' per
-    frame. Returns {"mpjpe", "pa_mpjpe", "pve"} (N,) and "accel_error" (one value per interior frame of
+    Returns {"mpjpe", "pa_mpjpe", "pve"} (N,) and "accel_error" (one value per interior frame of
     each track of >= 3 frames).
     """
     n = len(pred_pose)
-    if not (len(pred_betas) == len(gt_pose) == len(gt_betas) == len(gt_gender) == len(track) == n):
+    if not (len(pred_betas) == len(truth.vertices) == len(track) == n):
         raise ValueError("score_predictions: prediction and ground-truth arrays have different lengths")
-    pred_verts = body_vertices(body_models["neutral"], pred_pose, pred_betas)
-    gt_neutral = body_vertices(body_models["neutral"], gt_pose, gt_betas)
-    gt_verts = gt_neutral.copy()
-    for code, name in GENDER_CODES.items():
-        rows = np.flatnonzero(np.asarray(gt_gender) == code)
-        if len(rows) and name != "neutral":
-            gt_verts[rows] = body_vertices(body_models[name], gt_pose[rows], gt_betas[rows])
-    errors = score_frames(pred_verts, gt_verts, J_regressor_h36m, gt_vertices_pve_m=gt_neutral)
-    pred_j14, gt_j14 = joints14(pred_verts, J_regressor_h36m), joints14(gt_verts, J_regressor_h36m)
+    pred_verts = body_vertices(body_model, pred_pose, pred_betas)
+    pred_j14 = joints14(pred_verts, J_regressor_h36m)
+    errors = frame_errors(pred_j14, truth.joints14, pred_verts, truth.neutral)
     accel = [
-        accel_error(pred_j14[track == t], gt_j14[track == t])
+        accel_error(pred_j14[track == t], truth.joints14[track == t])
         for t in _ordered_unique(track)
         if np.sum(track == t) >= 3
     ]
@@ -98,10 +123,14 @@ def frame_table(frames, scored: dict[str, dict[str, np.ndarray]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def score_dataset(predictions: dict, frames, body_models: dict, J_regressor_h36m: np.ndarray) -> dict:
+def score_dataset(
+    predictions: dict, frames, body_models: dict, J_regressor_h36m: np.ndarray, truths: dict | None = None
+) -> dict:
     """Per-frame errors of predictions {index, pose, betas} against a PreparedDataset's SMPL ground truth.
 
     Only rows with SMPL labels are scored; predictions must be in stream order (tracks in time order).
+    `truths`: a dict kept across calls on the same `frames` (several models scored on one target),
+    where the ground truth of each set of rows is built once.
     """
     index = np.asarray(predictions["index"])
     data = frames.data
@@ -113,13 +142,18 @@ def score_dataset(predictions: dict, frames, body_models: dict, J_regressor_h36m
     rows = index[labelled]
     pairs = np.stack([frames.seq_ids[rows], np.asarray(data["person"])[rows]], axis=1)
     track = np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
+    key = rows.tobytes()
+    truth = (truths or {}).get(key)
+    if truth is None:
+        gender = np.asarray(data["gender"])[rows]
+        truth = ground_truth(data["pose"][rows], data["shape"][rows], gender, body_models, J_regressor_h36m)
+        if truths is not None:
+            truths[key] = truth
     return score_predictions(
         np.asarray(predictions["pose"])[labelled],
         np.asarray(predictions["betas"])[labelled],
-        data["pose"][rows],
-        data["shape"][rows],
-        np.asarray(data["gender"])[rows],
+        truth,
         track,
-        body_models,
+        body_models["neutral"],
         J_regressor_h36m,
     )

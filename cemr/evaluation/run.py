@@ -87,8 +87,10 @@ def rescore_run(run_dir: str | Path, before_smoother: bool = False) -> Rescored:
     if not len(scored):  # a user's video: nothing to score
         return Rescored(cfg, {}, None, np.asarray([]), {})
 
+    truths = {}  # the ground truth is built once for the rows every row of the table scores
+
     def scores(frames: dict | None) -> dict[str, np.ndarray] | None:
-        return score_dataset(frames, target, body_models, regressor) if frames is not None else None
+        return score_dataset(frames, target, body_models, regressor, truths) if frames is not None else None
 
     return Rescored(
         cfg=cfg,

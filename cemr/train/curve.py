@@ -48,11 +48,13 @@ class SubsetFrames:
         return list(self.tracks)
 
 
-def score_subset(model, subset: SubsetFrames, body_models: dict, regressor: np.ndarray) -> dict[str, float]:
-    """Frame-mean errors (mm) of the model on the subset's rows of its dataset."""
+def score_subset(
+    model, subset: SubsetFrames, body_models: dict, regressor: np.ndarray, truths: dict | None = None
+) -> dict[str, float]:
+    """Frame-mean errors (mm) of the model on the subset's rows of its dataset (`truths`: score_dataset's)."""
     predictions = predict_frames(model, subset)
     predictions["index"] = subset.rows
-    return summarize_errors(score_dataset(predictions, subset.frames, body_models, regressor))
+    return summarize_errors(score_dataset(predictions, subset.frames, body_models, regressor, truths))
 
 
 class LearningCurve(L.Callback):
@@ -66,6 +68,7 @@ class LearningCurve(L.Callback):
             raise ValueError(f"training.curve.every_n_epochs must be >= 1, found {every_n_epochs}")
         self.splits = {name: SubsetFrames(frames, max_frames) for name, frames in splits.items()}
         self.body_models, self.regressor, self.every = body_models, regressor, every_n_epochs
+        self.truths = {name: {} for name in splits}  # each split's ground truth, built at the first score
         self.history: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -74,7 +77,8 @@ class LearningCurve(L.Callback):
             return
         row: dict[str, float] = {"epoch": float(epoch)}
         for name, subset in self.splits.items():
-            scores = score_subset(pl_module.model, subset, self.body_models, self.regressor)
+            truths = self.truths[name]
+            scores = score_subset(pl_module.model, subset, self.body_models, self.regressor, truths)
             row.update({f"{name}_{k}": v for k, v in scores.items() if k != "frames"})
         self.history.append(row)
         pl_module.log_dict({f"curve/{k}": v for k, v in row.items() if k != "epoch"}, rank_zero_only=True)
