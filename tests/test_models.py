@@ -621,3 +621,59 @@ def test_the_video_encoder_takes_clips_of_any_frame_size_at_its_own():
         pretrainer = VideoMAEPretrainer.from_encoder(encoder, mask_ratio=0.5, **decoder)
         mask = pretrainer.make_mask(2, torch.Generator().manual_seed(0))
         torch.testing.assert_close(pretrainer.loss(bigger, mask), pretrainer.loss(clip, mask))
+
+
+# ----------------------------------------------------------------------------- the stem's max pooling
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_channels_last_max_pool_is_nn_max_pool_bit_for_bit(dtype):
+    """Outputs, gradients and second-order gradients (BOA's MAML) of MaxPool2d equal nn.MaxPool2d's on
+    maps full of ties and a NaN, in every window geometry of a ResNet stem, odd sizes included."""
+    from cemr.models.pooling import MaxPool2d
+
+    gen = torch.Generator().manual_seed(0)
+    for shape, geometry in [
+        ((3, 8, 12, 12), (3, 2, 1)),
+        ((2, 5, 11, 9), (3, 2, 1)),
+        ((2, 4, 8, 8), (2, 2, 0)),
+    ]:
+        x = torch.randint(0, 3, shape, generator=gen).to(dtype)
+        x[0, 0, :2, :2] = float("nan")
+        ours, theirs = MaxPool2d(*geometry), nn.MaxPool2d(*geometry)
+        with torch.no_grad():
+            assert torch.equal(ours(x).nan_to_num(-1), theirs(x).nan_to_num(-1))
+        a, b = (x.clone().requires_grad_(True) for _ in range(2))
+        out_a, out_b = ours(a), theirs(b)
+        assert out_a.is_contiguous() and torch.equal(out_a.nan_to_num(-1), out_b.nan_to_num(-1))
+        weight = torch.randn(out_a.shape, generator=gen).to(dtype)
+        (ga,) = torch.autograd.grad((out_a.nan_to_num(0) * weight).sum(), a, create_graph=True)
+        (gb,) = torch.autograd.grad((out_b.nan_to_num(0) * weight).sum(), b, create_graph=True)
+        assert torch.equal(ga, gb)
+        assert (ga != 0).sum() > 0
+        second = torch.randn(ga.shape, generator=gen).to(dtype)
+        probe_a, probe_b = (weight.clone().requires_grad_(True) for _ in range(2))
+        (ga,) = torch.autograd.grad((ours(a).nan_to_num(0) * probe_a).sum(), a, create_graph=True)
+        (gb,) = torch.autograd.grad((theirs(b).nan_to_num(0) * probe_b).sum(), b, create_graph=True)
+        (ha,) = torch.autograd.grad((ga * second).sum(), probe_a)
+        (hb,) = torch.autograd.grad((gb * second).sum(), probe_b)
+        assert torch.equal(ha, hb)
+
+
+def test_trunks_pool_in_channels_last_and_train_as_before(mean_params):
+    """create_trunk swaps the stem's nn.MaxPool2d; an HMR's prediction and weight gradients are those of
+    the same HMR with nn.MaxPool2d put back, to the bit."""
+    from cemr.models.pooling import MaxPool2d
+
+    path, _ = mean_params
+    ours = tiny_hmr(path)
+    assert type(ours.trunk.maxpool) is MaxPool2d
+    theirs = tiny_hmr(path)
+    theirs.trunk.maxpool = nn.MaxPool2d(3, 2, 1)
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for model in (ours, theirs):
+        out = model(images)
+        loss = out.rotmat.square().sum() + out.betas.square().sum() + out.cam.square().sum()
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))

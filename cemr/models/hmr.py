@@ -20,6 +20,7 @@ from timm.layers import GroupNorm
 from torch import nn
 
 from cemr.geometry import rot6d_to_rotmat
+from cemr.models.pooling import faster_max_pools
 from cemr.safe_io import FileFormatError, load_npz
 
 NUM_JOINTS = 24
@@ -155,9 +156,10 @@ def create_trunk(name: str, norm: str = "batch", pretrained: bool = False, **kwa
             f"a trunk with norm='{norm}' (train from scratch or load a GroupNorm checkpoint instead)"
         )
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return timm.create_model(
+    trunk = timm.create_model(
         name, pretrained=pretrained, num_classes=0, global_pool="", norm_layer=NORM_LAYERS[norm], **kwargs
     )
+    return faster_max_pools(trunk)
 
 
 def pooled_trunk_features(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
