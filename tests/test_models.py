@@ -643,6 +643,8 @@ def test_channels_last_max_pool_is_nn_max_pool_bit_for_bit(dtype):
         ours, theirs = MaxPool2d(*geometry), nn.MaxPool2d(*geometry)
         with torch.no_grad():
             assert torch.equal(ours(x).nan_to_num(-1), theirs(x).nan_to_num(-1))
+            x_cl = x.contiguous(memory_format=torch.channels_last)  # an input's layout is kept
+            assert ours(x_cl).stride() == theirs(x_cl).stride() and ours(x).stride() == theirs(x).stride()
         a, b = (x.clone().requires_grad_(True) for _ in range(2))
         out_a, out_b = ours(a), theirs(b)
         assert out_a.is_contiguous() and torch.equal(out_a.nan_to_num(-1), out_b.nan_to_num(-1))

@@ -41,28 +41,15 @@ class MaxPool2d(nn.MaxPool2d):
     Other devices, dilation, ceil_mode and return_indices take nn.MaxPool2d's own path."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel, stride, padding, dilation = (nn.modules.utils._pair(v) for v in self._geometry())
-        if (
-            x.device.type != "cpu"
-            or x.ndim != 4
-            or dilation != (1, 1)
-            or self.ceil_mode
-            or self.return_indices
-        ):
+        pair = nn.modules.utils._pair
+        kernel, stride, padding = pair(self.kernel_size), pair(self.stride), pair(self.padding)
+        plain = x.device.type != "cpu" or x.ndim != 4 or not x.is_contiguous()  # channels_last stays as is
+        if plain or pair(self.dilation) != (1, 1) or self.ceil_mode or self.return_indices:
             return super().forward(x)
         if not (torch.is_grad_enabled() and x.requires_grad):
-            return F.max_pool2d(
-                x.contiguous(memory_format=torch.channels_last), kernel, stride, padding
-            ).contiguous()
+            cl = x.contiguous(memory_format=torch.channels_last)
+            return F.max_pool2d(cl, kernel, stride, padding).contiguous()
         return _ChannelsLastMaxPool.apply(x, kernel, stride, padding)
-
-    def _geometry(self) -> tuple:
-        return (
-            self.kernel_size,
-            self.stride if self.stride is not None else self.kernel_size,
-            self.padding,
-            self.dilation,
-        )
 
 
 def faster_max_pools(module: nn.Module) -> nn.Module:
