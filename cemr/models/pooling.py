@@ -23,7 +23,6 @@ class _ChannelsLastMaxPool(torch.autograd.Function):
         indices = indices.contiguous()
         ctx.save_for_backward(x, indices)
         ctx.geometry = (kernel, stride, padding)
-        ctx.mark_non_differentiable(indices)
         return out.contiguous()
 
     @staticmethod
