@@ -29,6 +29,9 @@ def adapter_cfg(**overrides):
     merged.inner.lr, merged.outer.lr, merged.clip.lr = 1e-4, 1e-4, 1e-4
     merged.clip.length, merged.clip.stride = 4, 4
     merged.clip.enabled = overrides.get("clip", {}).get("enabled", True)  # off by default, on here
+    merged.teacher.enabled = overrides.get("teacher", {}).get("enabled", True)  # likewise
+    if merged.inner.steps is None:  # a level-1 step at every level here, unless a test asks otherwise
+        merged.inner.steps = 1
     return merged
 
 

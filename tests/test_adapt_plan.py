@@ -26,7 +26,8 @@ def test_levels_enable_their_parts_and_nothing_above():
     assert (
         one.inner_steps >= 1 and not one.outer and not one.teacher and not one.motion and one.emit == "clone"
     )
-    assert two.outer and two.teacher and two.motion and two.context and not two.clip
+    assert two.outer and two.motion and two.context and not two.clip
+    assert not two.teacher and plan_of("adapter.levels=2", "adapter.teacher.enabled=true").teacher  # session 22
     assert not two.emitted_smoothness and not two.video_align
     assert not three.emitted_smoothness  # off by default (README)
     # the clip step is off by default since session 17 (validation builds 100-107, README)
@@ -108,6 +109,30 @@ def test_experiments_are_their_papers_settings():
     )
     assert plan_of("experiment=cemr").clip
     assert boa.drift_guard == dyna.drift_guard == 0.0  # CEMR's own guard is not in the papers
+
+
+def test_a_null_inner_step_count_steps_only_where_the_level_or_a_part_reads_the_clone():
+    assert [plan_of(f"adapter.levels={n}").inner_steps for n in range(4)] == [0, 1, 0, 0]
+    for needs_clone in (
+        ["adapter.replay.retrieval=feature"],
+        ["adapter.replay.inner=true"],
+        ["adapter.inner.lr_rate=0.1"],
+    ):
+        assert plan_of("adapter.levels=3", *needs_clone).inner_steps == 1, needs_clone
+        assert plan_of("adapter.levels=1", *needs_clone).inner_steps == 1, needs_clone
+    # replay off: nothing retrieves by feature, so nothing reads the clone
+    assert plan_of("adapter.replay.enabled=false", "adapter.replay.retrieval=feature").inner_steps == 0
+    assert plan_of("adapter.levels=3", "adapter.inner.steps=2").inner_steps == 2
+    assert plan_of("adapter.levels=0", "adapter.inner.steps=2").inner_steps == 0
+
+
+def test_the_default_is_the_config_validation_builds_100_to_107_scored_in_session_21():
+    """README, "Speed": no level-1 step, no teacher and fused Adam tied the default of the time there."""
+    chosen = ["adapter.inner.steps=0", "adapter.teacher.enabled=false", "adapter.outer.optimizer.fused=true"]
+    scored = compose_config("adapt", chosen)
+    scored.adapter.inner.steps = None  # which a default of null resolves to (above)
+    assert compose_config("adapt", []) == scored
+    assert plan_of() == plan_of(*chosen)
 
 
 @pytest.mark.parametrize(

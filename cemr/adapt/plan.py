@@ -52,7 +52,7 @@ class Plan:
         levels = int(adapter.levels)
         if levels not in (0, 1, 2, 3):
             raise ValueError(f"adapter.levels must be 0, 1, 2 or 3, got {adapter.levels}")
-        inner_steps = int(adapter.inner.steps)
+        inner_steps = _inner_steps(adapter, levels)
         if inner_steps < 0 or (inner_steps == 0 and levels == 1):
             raise ValueError(
                 f"adapter.inner.steps must be at least 1 at adapter.levels=1 and at least 0 above (0: the "
@@ -147,3 +147,22 @@ class Plan:
     def uses_motion_frame(self) -> bool:
         """Whether the outer step looks at frame t-k (motion or context scoring)."""
         return self.motion or self.context
+
+
+def _inner_steps(adapter, levels: int) -> int:
+    """`adapter.inner.steps`, where null means as many as the rest of the config needs: one at levels=1 (the
+    level is the step) and where a part reads the clone (feature retrieval takes the frame's feature from
+    the inner forward pass, a learned inner lr, replay in the inner step); none otherwise at levels >= 2,
+    where the step at the default inner lr moves a pose by about 0.002 degrees and costs a fifth of a
+    frame (README, "Speed", session 22)."""
+    steps = adapter.inner.steps
+    if steps is not None:
+        return int(steps)
+    needs_clone = levels == 1 or (
+        levels >= 2
+        and (
+            (adapter.replay.enabled and (adapter.replay.retrieval == "feature" or adapter.replay.inner))
+            or float(adapter.inner.get("lr_rate", 0.0)) > 0
+        )
+    )
+    return 1 if needs_clone else 0
