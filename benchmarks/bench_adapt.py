@@ -292,7 +292,7 @@ def floor_ms(model: nn.Module, crop: int, device: str, precision: str, repeats: 
 
 
 def compose_adapt(backbone: str, data_dir: Path, override: str | None = None) -> DictConfig:
-    overrides = [f"backbone={backbone}", f"paths.data_dir={data_dir}"] + ([override] if override else [])
+    overrides = [f"backbone={backbone}", f"paths.data_dir={data_dir}", *(override or "").split()]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         return compose("adapt", overrides)
 
@@ -514,7 +514,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--breakdown", action="store_true", help="where a frame's time goes, instead of the table"
     )
     parser.add_argument(
-        "--breakdown-row", help="--breakdown: an override, e.g. experiment=dynaboa (default config)"
+        "--breakdown-row",
+        help="--breakdown: overrides separated by spaces (default config), e.g. experiment=boa",
     )
     parser.add_argument(
         "--memory-frames",

@@ -27,7 +27,8 @@ def test_levels_enable_their_parts_and_nothing_above():
         one.inner_steps >= 1 and not one.outer and not one.teacher and not one.motion and one.emit == "clone"
     )
     assert two.outer and two.motion and two.context and not two.clip
-    assert not two.teacher and plan_of("adapter.levels=2", "adapter.teacher.enabled=true").teacher  # session 22
+    assert not two.teacher  # off since session 22
+    assert plan_of("adapter.levels=2", "adapter.teacher.enabled=true").teacher
     assert not two.emitted_smoothness and not two.video_align
     assert not three.emitted_smoothness  # off by default (README)
     # the clip step is off by default since session 17 (validation builds 100-107, README)

@@ -18,12 +18,13 @@ def test_the_table_counts_each_levels_passes_per_frame(tmp_path):
     assert set(rows) == {"levels=0", "levels=1", "levels=2", "levels=3", "experiment=boa",
                          "experiment=dynaboa", "experiment=cemr"}  # fmt: skip
     # level 0: one forward, no backward; level 1: the clone's forward, its backward, the forward after
-    # the step; level 2: + the outer step on frames t (and t-k once there is one) and the teacher
+    # the step; level 2 (no level-1 step, no teacher since session 22): the outer step's forward and
+    # backward on frame t (and t-k once there is one) and the updated model's forward
     assert (rows["levels=0"]["forwards"], rows["levels=0"]["backwards"]) == (1.0, 0.0)
     assert (rows["levels=1"]["forwards"], rows["levels=1"]["backwards"]) == (2.0, 1.0)
     assert (rows["levels=2"]["forwards"], rows["levels=2"]["backwards"], rows["levels=2"]["outer_steps"]) == (
-        4.0,
         2.0,
+        1.0,
         1.0,
     )
     assert all(row["ms_per_frame"] > 0 and row["ratio"] > 0 for row in rows.values())
@@ -31,11 +32,12 @@ def test_the_table_counts_each_levels_passes_per_frame(tmp_path):
 
 def test_the_breakdown_attributes_each_part_once(tmp_path):
     out = tmp_path / "breakdown.json"
-    bench_adapt.main(["--frames", "3", "--threads", "1", "--breakdown", "--breakdown-row", "adapter.levels=2",
+    row = "adapter.levels=2 adapter.inner.steps=1 adapter.teacher.enabled=true"  # every part of level 2
+    bench_adapt.main(["--frames", "3", "--threads", "1", "--breakdown", "--breakdown-row", row,
                       "--json", str(out)])  # fmt: skip
     result = json.loads(out.read_text())
     parts = result["parts_ms"]
-    assert result["row"] == "adapter.levels=2" and set(parts) == {*bench_adapt.PARTS, "the rest"}
+    assert result["row"] == row and set(parts) == {*bench_adapt.PARTS, "the rest"}
     assert all(ms >= 0 for ms in parts.values()), parts  # nested functions are not counted twice
     assert 0 < parts["  of which the trunk"] < parts["model forwards"]
     every_frame = ("backward passes", "optimiser steps", "MAML clone, clipping, update", "teacher EMA")

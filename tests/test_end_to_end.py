@@ -201,7 +201,16 @@ def test_emit_teacher_that_never_moves_emits_and_keeps_the_source_model(workspac
     root, _ = workspace
     # ema 1: the teacher stays the source model while the base weights adapt under it
     still = adapt_run(
-        adapt_cfg(root, "teacher1", ["adapter.levels=2", "adapter.emit=teacher", "adapter.teacher.ema=1"])
+        adapt_cfg(
+            root,
+            "teacher1",
+            [
+                "adapter.levels=2",
+                "adapter.emit=teacher",
+                "adapter.teacher.enabled=true",
+                "adapter.teacher.ema=1",
+            ],
+        )
     )
     for key in ("mpjpe", "pa_mpjpe", "pve", "accel_error"):
         # one frame at a time vs batches of 64: the same weights, float32 summation order differs
