@@ -118,6 +118,7 @@ def test_a_null_inner_step_count_steps_only_where_the_level_or_a_part_reads_the_
         ["adapter.replay.retrieval=feature"],
         ["adapter.replay.inner=true"],
         ["adapter.inner.lr_rate=0.1"],
+        ["adapter.emit=clone"],
     ):
         assert plan_of("adapter.levels=3", *needs_clone).inner_steps == 1, needs_clone
         assert plan_of("adapter.levels=1", *needs_clone).inner_steps == 1, needs_clone

@@ -150,11 +150,11 @@ class Plan:
 
 
 def _inner_steps(adapter, levels: int) -> int:
-    """`adapter.inner.steps`, where null means as many as the rest of the config needs: one at levels=1 (the
-    level is the step) and where a part reads the clone (feature retrieval takes the frame's feature from
-    the inner forward pass, a learned inner lr, replay in the inner step); none otherwise at levels >= 2,
-    where the step at the default inner lr moves a pose by about 0.002 degrees and costs a fifth of a
-    frame (README, "Speed", session 22)."""
+    """`adapter.inner.steps`, where null means as many as the rest of the config needs: one at levels=1
+    (the level is the step) and where a part reads the clone (feature retrieval takes the frame's feature
+    from the inner forward pass, a learned inner lr, replay in the inner step, emit=clone); none otherwise
+    at levels >= 2, where the step at the default inner lr moves a pose by about 0.002 degrees and costs
+    a fifth of a frame (README, "Speed", session 22)."""
     steps = adapter.inner.steps
     if steps is not None:
         return int(steps)
@@ -163,6 +163,7 @@ def _inner_steps(adapter, levels: int) -> int:
         and (
             (adapter.replay.enabled and (adapter.replay.retrieval == "feature" or adapter.replay.inner))
             or float(adapter.inner.get("lr_rate", 0.0)) > 0
+            or adapter.emit == "clone"
         )
     )
     return 1 if needs_clone else 0
