@@ -52,12 +52,6 @@ class Plan:
         levels = int(adapter.levels)
         if levels not in (0, 1, 2, 3):
             raise ValueError(f"adapter.levels must be 0, 1, 2 or 3, got {adapter.levels}")
-        inner_steps = _inner_steps(adapter, levels)
-        if inner_steps < 0 or (inner_steps == 0 and levels == 1):
-            raise ValueError(
-                f"adapter.inner.steps must be at least 1 at adapter.levels=1 and at least 0 above (0: the "
-                f"outer step scores the base model itself, no level-1 step), got {adapter.inner.steps}"
-            )
         lr_signal = adapter.inner.get("lr_signal", "outer")
         if lr_signal not in LR_SIGNALS:
             raise ValueError(f"adapter.inner.lr_signal must be one of {LR_SIGNALS}, got {lr_signal!r}")
@@ -73,12 +67,25 @@ class Plan:
                 "adapter.replay.inner=true needs a retrieval known before the inner step "
                 "(adapter.replay.retrieval=pose or random); feature retrieval uses the frame's feature"
             )
+        learned_lr = float(adapter.inner.get("lr_rate", 0.0)) > 0
+        inner_steps = adapter.inner.steps
+        if inner_steps is None:  # as many as the rest needs: one where the level is the step or a part
+            # reads the clone (feature retrieval takes the frame's feature from its forward pass), else
+            # none: at the default inner lr the step moves a pose ~0.002 degrees for a fifth of a frame
+            reads_clone = replay == "feature" or replay_inner or learned_lr or adapter.emit == "clone"
+            inner_steps = 1 if levels == 1 or (outer and reads_clone) else 0
+        inner_steps = int(inner_steps)
+        if inner_steps < 0 or (inner_steps == 0 and levels == 1):
+            raise ValueError(
+                f"adapter.inner.steps must be at least 1 at adapter.levels=1 and at least 0 above (0: the "
+                f"outer step scores the base model itself, no level-1 step), got {adapter.inner.steps}"
+            )
         if inner_steps == 0 and replay == "feature":
             raise ValueError(
                 "adapter.inner.steps=0 cannot retrieve by feature (adapter.replay.retrieval=feature takes "
                 "the frame's feature from the inner step's forward pass): use retrieval=pose or random"
             )
-        if inner_steps == 0 and float(adapter.inner.get("lr_rate", 0.0)) > 0:
+        if inner_steps == 0 and learned_lr:
             raise ValueError(
                 "adapter.inner.lr_rate > 0 learns the inner step's lr: it needs adapter.inner.steps >= 1"
             )
@@ -147,23 +154,3 @@ class Plan:
     def uses_motion_frame(self) -> bool:
         """Whether the outer step looks at frame t-k (motion or context scoring)."""
         return self.motion or self.context
-
-
-def _inner_steps(adapter, levels: int) -> int:
-    """`adapter.inner.steps`, where null means as many as the rest of the config needs: one at levels=1
-    (the level is the step) and where a part reads the clone (feature retrieval takes the frame's feature
-    from the inner forward pass, a learned inner lr, replay in the inner step, emit=clone); none otherwise
-    at levels >= 2, where the step at the default inner lr moves a pose by about 0.002 degrees and costs
-    a fifth of a frame (README, "Speed", session 22)."""
-    steps = adapter.inner.steps
-    if steps is not None:
-        return int(steps)
-    needs_clone = levels == 1 or (
-        levels >= 2
-        and (
-            (adapter.replay.enabled and (adapter.replay.retrieval == "feature" or adapter.replay.inner))
-            or float(adapter.inner.get("lr_rate", 0.0)) > 0
-            or adapter.emit == "clone"
-        )
-    )
-    return 1 if needs_clone else 0
