@@ -127,6 +127,26 @@ def test_level_two_changes_the_base_weights_and_updates_the_teacher(parts):
     assert not torch.equal(t, after[key])  # the teacher trails the student (EMA 0.1), it is not a copy
 
 
+@pytest.mark.parametrize("levels", [2, 3])
+def test_frozen_submodules_keep_the_source_weights_and_get_no_gradient(parts, levels):
+    frozen = ["trunk.conv1", "trunk.bn1", "trunk.layer1"]
+    module = make_module(parts, adapter_cfg(levels=levels, frozen=frozen))
+    before = weights(module)
+    stream_through(module, Stream([(0, 0)] * 5))
+    after = weights(module)
+    held = [k for k in before if any(k.startswith(name + ".") for name in frozen)]
+    # conv1, bn1's weight and bias; layer1: 2 blocks x (2 convs, 2 norms), a projection from the 64-wide stem
+    assert len(held) == 1 + 2 + 2 * 6 + 3
+    assert all(torch.equal(before[k], after[k]) for k in held)
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("trunk.layer2."))
+    assert all(p.grad is None for p in module.model.trunk.layer1.parameters())
+
+
+def test_an_unknown_frozen_submodule_is_refused_with_the_ones_there_are(parts):
+    with pytest.raises(ValueError, match=r"no submodule 'trunk.layer9'.*trunk.layer1"):
+        make_module(parts, adapter_cfg(levels=2, frozen=["trunk.layer9"]))
+
+
 def test_reset_sequence_restarts_from_the_source_weights(parts):
     tracks = [(0, 0)] * 3 + [(1, 0)] * 2
     stream = Stream(tracks)
