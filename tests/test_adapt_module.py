@@ -32,6 +32,7 @@ def adapter_cfg(**overrides):
     merged.teacher.enabled = overrides.get("teacher", {}).get("enabled", True)  # likewise
     if merged.inner.steps is None:  # a level-1 step at every level here, unless a test asks otherwise
         merged.inner.steps = 1
+    merged.frozen = overrides.get("frozen", [])  # every weight adapted here, unless a test freezes some
     return merged
 
 

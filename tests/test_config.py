@@ -48,6 +48,7 @@ def test_experiments_set_the_ancestors_hyper_parameters():
     assert dyna.motion.interval == 5
     cemr = compose_config("adapt", ["experiment=cemr"]).adapter
     assert cemr.levels == 3 and cemr.inner.lr == 8e-6 and cemr.clip.enabled  # the paper's clip level
+    assert list(boa.frozen) == list(dyna.frozen) == list(cemr.frozen) == []  # they adapt the whole network
 
 
 @pytest.mark.parametrize("name", ["adapt", "train", "evaluate"])
