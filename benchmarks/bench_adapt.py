@@ -15,7 +15,7 @@ costs the same). Speed does not depend on content, except for how many extra ste
 takes. The first --warmup frames run but are neither timed nor counted.
 
 Columns: the row's floor; per timed frame: ms, and its ratio to the floor; trunk forwards (calls,
-then the crops they carry); trunk backwards (each backward pass that reaches the trunk's stem:
+then the crops they carry); trunk backwards (each backward pass that reaches the trunk's last convolution:
 loss.backward, torch.autograd.grad in the inner step, and a second-order outer step's pass back
 through the inner step's graph); body-model calls (one of them scores the frame against its label
 for the progress bar); outer steps (dynamic stopping's extra ones included); peak memory in MiB: on
@@ -122,18 +122,20 @@ class Counts:
         return Counts(*(getattr(self, f.name) - getattr(before, f.name) for f in dataclasses.fields(self)))
 
 
-def trunk_stem(trunk: nn.Module) -> nn.Module:
-    """The trunk's first convolution. Hooks on the trunk itself never fire: the models call
-    `trunk.forward_features`, not `trunk(...)`; every trunk pass calls its stem."""
-    return next(m for m in trunk.modules() if isinstance(m, nn.Conv2d))
+def trunk_convolutions(trunk: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The trunk's first and last convolutions. Hooks on the trunk itself never fire: the models call
+    `trunk.forward_features`, not `trunk(...)`; every trunk pass calls both."""
+    convolutions = [m for m in trunk.modules() if isinstance(m, nn.Conv2d)]
+    return convolutions[0], convolutions[-1]
 
 
 def count_trunk(model: nn.Module, counts: Counts) -> None:
-    """Count the trunk's forwards, their crops, and the backward passes that reach its stem's output.
+    """Count the trunk's forwards and their crops (at its stem), and the backward passes that reach it
+    (at its last convolution's output: with `adapter.frozen` the stem may get none).
 
     Also counts on copies made later: learn2learn's MAML clones share the module's hook dicts, and
     deepcopy (the EMA teacher) keeps the hook, a plain function, which counts into the same `counts`.
-    A gradient hook on the stem's output sees loss.backward and torch.autograd.grad alike.
+    A gradient hook on the output sees loss.backward and torch.autograd.grad alike.
     """
 
     def on_backward(grad):
@@ -142,10 +144,14 @@ def count_trunk(model: nn.Module, counts: Counts) -> None:
     def on_forward(module, inputs, output):
         counts.forwards += 1
         counts.crops += output.shape[0]
+
+    def on_last(module, inputs, output):
         if output.requires_grad:
             output.register_hook(on_backward)
 
-    trunk_stem(model.trunk).register_forward_hook(on_forward)
+    first, last = trunk_convolutions(model.trunk)
+    first.register_forward_hook(on_forward)
+    last.register_forward_hook(on_last)
 
 
 def count_body_calls(body_model: nn.Module, counts: Counts) -> None:
