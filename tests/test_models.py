@@ -7,6 +7,7 @@ Tiny sizes keep the file fast: a ResNet-18 of width 8-64 on 64x64 crops, a 4-fra
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from cemr.models import HMR, VIBE, Regressor, TemporalEncoder, VideoEncoder, VideoMAEPretrainer
+from cemr.models.frozen import freeze
 from cemr.models.hmr import create_trunk, load_mean_params, pooled_trunk_features
 from cemr.models.video_encoder import IMAGENET_MEAN, IMAGENET_STD, sinusoid_table, tube_mask, tube_targets
 from cemr.safe_io import FileFormatError
@@ -679,3 +681,11 @@ def test_trunks_pool_in_channels_last_and_train_as_before(mean_params):
         loss = out.rotmat.square().sum() + out.betas.square().sum() + out.cam.square().sum()
         grads.append(torch.autograd.grad(loss, list(model.parameters())))
     assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_freeze_stops_the_gradient_of_named_submodules_and_refuses_a_missing_one():
+    model = nn.Sequential(OrderedDict(stem=nn.Linear(2, 2), head=nn.Linear(2, 1)))
+    freeze(model, ["stem"], "backbone.frozen")
+    assert [p.requires_grad for p in model.parameters()] == [False, False, True, True]
+    with pytest.raises(ValueError, match=r"backbone.frozen: Sequential has no submodule 'neck' .*stem, head"):
+        freeze(model, ["neck"], "backbone.frozen")

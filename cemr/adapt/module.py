@@ -42,6 +42,7 @@ from cemr.adapt.teacher import ema_update, make_teacher
 from cemr.evaluation.metrics import pa_mpjpe
 from cemr.evaluation.protocol import joints14
 from cemr.geometry import rotation_angle, rotmat_to_axis_angle
+from cemr.models.frozen import freeze
 from cemr.models.prediction import BodyPrediction, decode
 from cemr.models.vibe import causal_windows
 
@@ -93,8 +94,7 @@ class AdaptationModule(L.LightningModule):
         for frozen in (self.body_model, self.pose_prior, self.video_encoder, self.align_head):
             if frozen is not None:
                 frozen.requires_grad_(False)
-        for name in adapter.get("frozen") or []:  # kept at the source weights: no gradient, no backward
-            submodule(model, name).requires_grad_(False)  # pass below the lowest adapted one
+        freeze(model, adapter.get("frozen") or [], "adapter.frozen")  # kept at the source weights
         self.seed = seed
         self.replay_generator = torch.Generator().manual_seed(seed)
         self.seq_len = getattr(model, "seq_len", None)  # a sequence model's causal window
@@ -672,15 +672,3 @@ def _detached(pred: BodyPrediction) -> BodyPrediction:
 
 def _slice(pred: BodyPrediction, start: int, stop: int) -> BodyPrediction:
     return BodyPrediction(**{k: v[start:stop] for k, v in vars(pred).items()})
-
-
-def submodule(model: nn.Module, name: str) -> nn.Module:
-    """`model`'s submodule at the dotted path `name` (adapter.frozen), or an error naming those there are."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        children = [n for n, _ in model.named_modules() if n and n.count(".") <= 1]
-        raise ValueError(
-            f"adapter.frozen: {type(model).__name__} has no submodule {name!r} (its submodules two levels "
-            f"deep: {', '.join(children)})"
-        ) from None

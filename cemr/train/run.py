@@ -26,6 +26,7 @@ from cemr.evaluation.report import score_dataset, summarize_errors
 from cemr.models import VideoMAEPretrainer, load_checkpoint, save_checkpoint
 from cemr.models.checkpoints import CEMRCheckpoint, LoadReport
 from cemr.models.foreign import build_backbone, build_video_encoder, init_from_source_model, model_config
+from cemr.models.frozen import freeze
 from cemr.models.prediction import predict_frames
 from cemr.runtime import (
     build_body_model,
@@ -158,8 +159,7 @@ def train_source(cfg: DictConfig) -> CEMRCheckpoint:
     model = build_backbone(cfg.backbone)
     if cfg.backbone.get("init_from"):
         log.info(init_from_source_model(model, cfg.backbone))
-    for name in cfg.backbone.get("frozen") or []:
-        getattr(model, name).requires_grad_(False)
+    freeze(model, cfg.backbone.get("frozen") or [], "backbone.frozen")
     joint = joint_alignment(cfg, model, data.source, encoder)  # None (the default): P is fitted afterwards
     module = instantiate(cfg.training.module)(
         model, build_body_model(cfg.body), cfg.training, **({"align_head": joint[0]} if joint else {})
