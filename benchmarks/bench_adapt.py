@@ -26,6 +26,7 @@ no_grad (adapt.py itself does not stream at level 0: it scores the source model'
 
 --breakdown streams the default config (or --breakdown-row OVERRIDE) under cProfile and splits each
 frame's time into parts that do not overlap: backward passes; model forwards (the trunk among them);
+the frozen trunk stages (`adapter.frozen`), run once per image and read by every forward of it;
 decoding into the body model; the video encoder; the losses; the optimiser steps; the MAML clone, its
 gradient clipping and update; the teacher's EMA; scoring and recording the frame for the progress bar;
 Lightning's logging; and the rest (Python glue). cProfile slows Python-heavy parts more than kernels.
@@ -122,16 +123,15 @@ class Counts:
         return Counts(*(getattr(self, f.name) - getattr(before, f.name) for f in dataclasses.fields(self)))
 
 
-def trunk_convolutions(trunk: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The trunk's first and last convolutions. Hooks on the trunk itself never fire: the models call
-    `trunk.forward_features`, not `trunk(...)`; every trunk pass calls both."""
-    convolutions = [m for m in trunk.modules() if isinstance(m, nn.Conv2d)]
-    return convolutions[0], convolutions[-1]
+def last_convolution(trunk: nn.Module) -> nn.Module:
+    """The trunk's last convolution, which every trunk pass reaches. Hooks on the trunk itself never
+    fire: the models call `trunk.forward_features` or run its stages, not `trunk(...)`."""
+    return [m for m in trunk.modules() if isinstance(m, nn.Conv2d)][-1]
 
 
 def count_trunk(model: nn.Module, counts: Counts) -> None:
-    """Count the trunk's forwards and their crops (at its stem), and the backward passes that reach it
-    (at its last convolution's output: with `adapter.frozen` the stem may get none).
+    """Count the trunk's forwards and their crops, and the backward passes that reach it, at its last
+    convolution's output: with `adapter.frozen` the stem runs once per image and gets no gradient.
 
     Also counts on copies made later: learn2learn's MAML clones share the module's hook dicts, and
     deepcopy (the EMA teacher) keeps the hook, a plain function, which counts into the same `counts`.
@@ -144,14 +144,10 @@ def count_trunk(model: nn.Module, counts: Counts) -> None:
     def on_forward(module, inputs, output):
         counts.forwards += 1
         counts.crops += output.shape[0]
-
-    def on_last(module, inputs, output):
         if output.requires_grad:
             output.register_hook(on_backward)
 
-    first, last = trunk_convolutions(model.trunk)
-    first.register_forward_hook(on_forward)
-    last.register_forward_hook(on_last)
+    last_convolution(model.trunk).register_forward_hook(on_forward)
 
 
 def count_body_calls(body_model: nn.Module, counts: Counts) -> None:
@@ -430,16 +426,20 @@ def memory_run(args, setup: dict, counts: Counts) -> dict:
     return {"levels": int(cfg.adapter.levels), "memory": marks}
 
 
-# (file suffix, function) of the cumulative times --breakdown reads. A part's own time is its
-# functions' total less that of the functions in NESTED[part], which run inside them and are counted
-# by another part.
+# (file suffix, function[, caller]) of the cumulative times --breakdown reads (with a caller: only the
+# calls it made). A part's own time is its functions' total less that of the functions in
+# NESTED[part], which run inside them and are counted by another part.
 GRAD = ("torch/autograd/__init__.py", "grad")
 DECODE = ("cemr/models/prediction.py", "decode")
 LOG = ("lightning/pytorch/core/module.py", "log")
 PARTS = {
     "backward passes": [("torch/autograd/__init__.py", "backward"), GRAD],
     "model forwards": [("cemr/adapt/module.py", "predict_body")],
-    "  of which the trunk": [("cemr/models/hmr.py", "pooled_trunk_features")],
+    "  of which the trunk": [
+        ("cemr/models/hmr.py", "pooled_trunk_features"),
+        ("cemr/models/hmr.py", "_run_stages", "forward_from"),  # the stages after the frozen ones
+    ],
+    "frozen trunk stages, once per image": [("cemr/adapt/module.py", "_inputs")],
     "decoding (body model, projection)": [DECODE],
     "video encoder": [("cemr/models/video_encoder.py", "forward_tokens")],
     "losses": [
@@ -467,6 +467,7 @@ NESTED = {
     "model forwards": [DECODE],
     "MAML clone, clipping, update": [GRAD],  # the inner step's torch.autograd.grad
     "progress-bar score, record": [LOG],
+    "replay retrieval (search, loading the samples)": [("cemr/adapt/module.py", "_inputs", "_source_sample")],
 }
 
 
@@ -486,11 +487,13 @@ def breakdown(args, setup: dict, counts: Counts) -> dict:
     stats = pstats.Stats(profile).stats  # (file, line, function) -> (calls, calls, own, cumulative, callers)
 
     def cumulative(functions) -> float:
-        return sum(
-            row[3]
-            for (file, _, name), row in stats.items()
-            if any(file.endswith(suffix) and name == fn for suffix, fn in functions)
-        )
+        total = 0.0
+        for (file, _, name), row in stats.items():
+            for suffix, function, *caller in functions:
+                if file.endswith(suffix) and name == function:
+                    calls = [c for (_, _, by), c in row[4].items() if by in caller] if caller else [row]
+                    total += sum(c[3] for c in calls)
+        return total
 
     frames = args.frames  # cProfile covers every frame, the warm-up ones too
     total = cumulative([("cemr/adapt/module.py", "training_step")]) / frames

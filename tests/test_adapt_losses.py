@@ -201,6 +201,21 @@ def test_ema_update_maths_and_buffers():
         ema_update(teacher, _three_parameters(), 0.5)
 
 
+def test_ema_update_leaves_a_weight_the_student_does_not_train_bit_for_bit():
+    student = nn.Linear(100, 100)
+    teacher = make_teacher(student)
+    student.bias.requires_grad_(False)  # frozen (adapter.frozen): equal in both, as a stream keeps it
+    frozen = teacher.bias.clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    for _ in range(3):
+        ema_update(teacher, student, momentum=0.999)
+    assert torch.equal(teacher.bias, frozen)
+    rounded = frozen.clone().mul_(0.999).add_(frozen, alpha=0.001)
+    assert not torch.equal(rounded, frozen)  # what averaging it with itself would have done
+    assert not torch.equal(teacher.weight, student.weight - 1.0)
+
+
 def _three_parameters() -> nn.Module:
     holder = nn.Module()
     holder.a, holder.b, holder.c = (nn.Parameter(torch.zeros(2)) for _ in range(3))

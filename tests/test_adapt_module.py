@@ -9,7 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.plugins import MixedPrecision
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from cemr.adapt.module import AdaptationModule
 from cemr.adapt.parallel import PaddedStream, gather_predictions
@@ -141,6 +141,74 @@ def test_frozen_submodules_keep_the_source_weights_and_get_no_gradient(parts, le
     assert all(torch.equal(before[k], after[k]) for k in held)
     assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("trunk.layer2."))
     assert all(p.grad is None for p in module.model.trunk.layer1.parameters())
+
+
+def crop_by_crop(stage, inputs, output):
+    """A forward hook: the stage's output for each crop of the batch computed alone."""
+    (x,) = inputs
+    return torch.cat([stage.forward(x[i : i + 1]) for i in range(len(x))])
+
+
+def test_reading_the_frozen_stages_once_per_image_streams_as_the_whole_forward_pass_bit_for_bit(parts):
+    """Every level, the teacher, the drift guard and random replay read the frozen stages' maps of
+    frame t, of frame t-k (kept in the history) and of cached source samples; run the whole trunk
+    every time instead (stem_stages=0, no cache) and the stream is the same to the bit.
+
+    The stream runs the frozen stages on one crop at a time; a convolution may round a crop
+    differently alone and in a batch (oneDNN's do on the benchmark's maps), so the whole-trunk run
+    does the same there."""
+    gen = torch.Generator().manual_seed(3)
+    bank = [
+        {
+            "img": torch.randn(3, CROP, CROP, generator=gen),
+            "keypoints": torch.cat([torch.rand(49, 2, generator=gen), torch.ones(49, 1)], -1),
+            "pose": torch.zeros(72),
+            "betas": torch.zeros(10),
+            "joints3d": torch.zeros(24, 4),
+            "has_smpl": torch.tensor(1.0),
+        }
+        for _ in range(3)
+    ]
+    runs = []
+    for reuse in (True, False):
+        cfg = adapter_cfg(levels=3, frozen=["trunk.conv1", "trunk.bn1", "trunk.layer1"])
+        cfg.replay.enabled, cfg.replay.retrieval, cfg.replay.samples = True, "random", 2
+        cfg.drift_guard.every = 2
+        module = make_module(parts, cfg)
+        module.replay_source = (None, bank)
+        module.replay_weights = compose_config("adapt").training.loss_weights
+        assert module.stem_stages == 5  # conv1, bn1, act1, maxpool, layer1
+        if not reuse:
+            module.stem_stages, module.replay_cache_size = 0, 0
+            for name in ("conv1", "bn1", "act1", "maxpool", "layer1"):
+                getattr(module.model.trunk, name).register_forward_hook(crop_by_crop)
+        runs.append(stream_through(module, Stream([(0, 0)] * 6 + [(1, 0)] * 4)))
+    reused, whole = runs
+    assert reused.counters["clip_steps"] == 2 and reused.counters["outer_steps"] == 10
+    assert len(reused.replay_cache) == 3 and len(whole.replay_cache) == 0  # 20 draws of 3 samples
+    ours, theirs = reused.predictions(), whole.predictions()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert same(weights(reused), weights(whole))
+    assert same(reused.teacher.state_dict(), whole.teacher.state_dict())
+
+
+def test_the_outer_step_scores_frame_t_minus_k_on_its_own_frozen_stage_maps_and_keypoints(parts):
+    cfg = adapter_cfg(levels=2, frozen=["trunk.conv1", "trunk.bn1", "trunk.layer1"])
+    cfg.teacher.enabled = False
+    module = make_module(parts, cfg)
+    stream = Stream([(0, 0)] * 7)
+    stream_through(module, stream, loader=DataLoader(Subset(stream, range(6)), batch_size=1))
+    module.model.eval()  # no dropout, as in the stream
+    k = cfg.motion.interval
+    earlier = module.history[-k]  # frame 6 - k = 1
+    with torch.no_grad():
+        assert torch.equal(earlier["input"], module._inputs(stream.img[1:2]))
+        frame = {"img": stream.img[6:7], "keypoints": stream.kp[6:7], "past": None}
+        frame["input"] = module._inputs(frame["img"])
+        _, parts_, _ = module._outer_loss(module.model, frame)
+        alone = module.predict_body(module.model, earlier["input"])
+        context, _ = module._frame_objective(alone, stream.kp[1:2])
+    assert float(parts_["context"]) == pytest.approx(cfg.loss_weights.context * float(context), rel=1e-5)
 
 
 def test_an_unknown_frozen_submodule_is_refused_with_the_ones_there_are(parts):

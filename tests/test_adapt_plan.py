@@ -177,15 +177,15 @@ def test_the_inner_step_moves_the_prediction_towards_the_frames_keypoints(parts)
     module = make_module(parts, cfg)
     module.model.eval()  # as on_train_start does: no dropout
     stream = Stream([(0, 0)])
-    frame = {"img": stream.img[:1], "keypoints": stream.kp[:1]}
+    frame = {"input": stream.img[:1], "keypoints": stream.kp[:1]}
     clone, unadapted = module._adapted_clone(frame)
-    adapted = module.predict_body(clone, frame["img"])
+    adapted = module.predict_body(clone, frame["input"])
     before = levels.losses.keypoint_2d(unadapted.keypoints_2d, frame["keypoints"])
     after = levels.losses.keypoint_2d(adapted.keypoints_2d, frame["keypoints"])
     assert after < 0.7 * before
     # the base weights never move at level 1: the stream puts them back after the frame's prediction
     module.inner.restore()
-    base = module.predict_body(module.model, frame["img"])
+    base = module.predict_body(module.model, frame["input"])
     assert torch.allclose(base.keypoints_2d, unadapted.keypoints_2d, atol=1e-6)
 
 
@@ -399,7 +399,7 @@ def test_the_inner_gradient_is_clipped_to_max_grad_norm(parts):
     module.model.eval()
     stream = Stream([(0, 0)])
     base = [p.detach().clone() for p in module.model.parameters()]
-    clone, _ = module._adapted_clone({"img": stream.img[:1], "keypoints": stream.kp[:1]})
+    clone, _ = module._adapted_clone({"input": stream.img[:1], "keypoints": stream.kp[:1]})
     moved = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(clone.parameters(), base, strict=True)))
     assert float(moved) == pytest.approx(1e-3 * 1e-3, rel=2e-3)  # lr x the clipped norm (float32 weights)
 
@@ -411,8 +411,8 @@ def test_a_gradient_below_max_grad_norm_takes_the_raw_step_exactly(parts):
     module = make_module(parts, cfg)
     module.model.eval()
     stream = Stream([(0, 0)])
-    frame = {"img": stream.img[:1], "keypoints": stream.kp[:1]}
-    pred = module.predict_body(module.model, frame["img"])
+    frame = {"input": stream.img[:1], "keypoints": stream.kp[:1]}
+    pred = module.predict_body(module.model, frame["input"])
     loss, _ = levels.frame_objective(pred, frame["keypoints"], module.pose_prior, cfg.loss_weights)
     params = list(module.model.parameters())
     grads = torch.autograd.grad(loss, params, allow_unused=True)

@@ -40,6 +40,7 @@ def test_the_breakdown_attributes_each_part_once(tmp_path):
     assert result["row"] == row and set(parts) == {*bench_adapt.PARTS, "the rest"}
     assert all(ms >= 0 for ms in parts.values()), parts  # nested functions are not counted twice
     assert 0 < parts["  of which the trunk"] < parts["model forwards"]
+    assert parts["frozen trunk stages, once per image"] > 0  # the default freezes the stem and two stages
     every_frame = ("backward passes", "optimiser steps", "MAML clone, clipping, update", "teacher EMA")
     for part in (*every_frame, "replay retrieval (search, loading the samples)"):
         assert parts[part] > 0, part  # level 2 runs each of them every frame

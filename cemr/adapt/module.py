@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import deque
+from collections import OrderedDict, deque
 
 import lightning as L
 import torch
@@ -49,6 +49,7 @@ from cemr.models.vibe import causal_windows
 
 class AdaptationModule(L.LightningModule):
     record_chunk = 256  # frames whose records are packed into one tensor per field (flat memory)
+    replay_cache_size = 64  # replayed source samples kept read (consecutive frames retrieve the same ones)
 
     def __init__(
         self,
@@ -95,9 +96,14 @@ class AdaptationModule(L.LightningModule):
             if frozen is not None:
                 frozen.requires_grad_(False)
         freeze(model, adapter.get("frozen") or [], "adapter.frozen")  # kept at the source weights
+        # The frozen leading trunk stages give an image the same feature maps under every update: they run
+        # once per frame (and per replayed sample) and every forward of it reads them (`_inputs`).
+        self.seq_len = getattr(model, "seq_len", None)  # a sequence model's causal window
+        frozen_stages = getattr(model, "frozen_stages", None)
+        self.stem_stages = frozen_stages() if self.seq_len is None and frozen_stages is not None else 0
+        self.replay_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self.seed = seed
         self.replay_generator = torch.Generator().manual_seed(seed)
-        self.seq_len = getattr(model, "seq_len", None)  # a sequence model's causal window
         history = max(adapter.motion.interval + 1, adapter.clip.length, (self.seq_len or 1) - 1)
         if self.plan.smoothed_context:  # the smoother's window of frame t-k, up to frame t-1
             history = max(history, adapter.smoothing.past + adapter.motion.interval)
@@ -138,15 +144,23 @@ class AdaptationModule(L.LightningModule):
             if net is not None:  # its source statistics
                 net.eval()
 
+    @torch.no_grad()
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """What `predict_body` reads of images (B, 3, S, S): the frozen trunk stages' feature maps, or the
+        images where no stage is frozen. The source model's stages: every net's frozen ones equal them."""
+        return self.source_model.stem(images, self.stem_stages) if self.stem_stages else images
+
     def predict_body(
-        self, net: nn.Module, images: torch.Tensor, pasts: list[torch.Tensor | None] | None = None
+        self, net: nn.Module, inputs: torch.Tensor, pasts: list[torch.Tensor | None] | None = None
     ) -> BodyPrediction:
-        """The bodies `net` predicts for images (B, 3, S, S). A sequence model predicts each row from its
-        causal window: `pasts[i]` holds the cached features (k, C), k < seq_len, of the frames before
-        row i in its track; rows past the list's end or None have no past (replayed source samples)."""
+        """The bodies `net` predicts for `_inputs(images)` (the images themselves where no trunk stage is
+        frozen). A sequence model predicts each row from its causal window: `pasts[i]` holds the cached
+        features (k, C), k < seq_len, of the frames before row i in its track; rows past the list's end or
+        None have no past (replayed source samples)."""
         if self.seq_len is None:
-            return decode(net(images), self.body_model, self.focal_length, self.crop_size)
-        current = net.extract_features(images[:, None])[:, 0]
+            output = net.forward_from(inputs, self.stem_stages) if self.stem_stages else net(inputs)
+            return decode(output, self.body_model, self.focal_length, self.crop_size)
+        current = net.extract_features(inputs[:, None])[:, 0]
         pasts = list(pasts or []) + [None] * (len(current) - len(pasts or []))
         windows = [
             causal_windows(now if past is None else torch.cat([past.to(now), now]), self.seq_len)[-1]
@@ -242,10 +256,10 @@ class AdaptationModule(L.LightningModule):
             opt.state.clear()
 
     @torch.no_grad()
-    def _guard_drift(self, images: torch.Tensor, past, final: BodyPrediction) -> BodyPrediction:
+    def _guard_drift(self, inputs: torch.Tensor, past, final: BodyPrediction) -> BodyPrediction:
         """`final`, or the source model's prediction after a restart from the source weights where the
         two poses lie more than `drift_guard.max_angle` apart (the stream left what the source reads)."""
-        source = self.predict_body(self.source_model, images, [past])
+        source = self.predict_body(self.source_model, inputs, [past])
         angle = rotation_angle(final.rotmat[:, 1:].float(), source.rotmat[:, 1:].float()).mean()
         if math.degrees(angle) <= self.plan.drift_guard:  # a device sync, once every `every` frames
             return final
@@ -265,10 +279,10 @@ class AdaptationModule(L.LightningModule):
         """
         if not self.plan.inner_steps:  # level 2 without level 1: the outer step scores the base model itself
             return self.model, None
-        images, keypoints = frame["img"], frame["keypoints"]
+        inputs, keypoints = frame["input"], frame["keypoints"]
         source = frame.get("source") if self.plan.replay_inner else None
-        batch = images if source is None else torch.cat([images, source["img"]])
-        b = images.shape[0]
+        batch = inputs if source is None else torch.cat([inputs, source["input"]])
+        b = inputs.shape[0]
         clone = self.inner.clone()
         unadapted = None
         for _ in range(self.plan.inner_steps):
@@ -304,16 +318,16 @@ class AdaptationModule(L.LightningModule):
         plan, w = self.plan, self.cfg.loss_weights
         earlier = self._context_frame()
         source = frame.get("source")
-        images = [frame["img"]] + ([earlier["img"]] if earlier is not None else [])
-        images += [source["img"]] if source is not None else []
+        inputs = [frame["input"]] + ([earlier["input"]] if earlier is not None else [])
+        inputs += [source["input"]] if source is not None else []
         pasts = [frame.get("past")] + ([earlier.get("past")] if earlier is not None else [])
-        pred = self.predict_body(clone, torch.cat(images), pasts)
-        b = frame["img"].shape[0]
+        pred = self.predict_body(clone, torch.cat(inputs), pasts)
+        b = frame["input"].shape[0]
         now = _slice(pred, 0, b)
         total, parts = self._frame_objective(now, frame["keypoints"])
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_pred = self.predict_body(self.teacher, frame["img"], [frame.get("past")])
+                teacher_pred = self.predict_body(self.teacher, frame["input"], [frame.get("past")])
             parts["teacher"] = w.teacher * levels.losses.teacher_consistency(now, teacher_pred)
         if earlier is not None:
             before = _slice(pred, b, 2 * b)
@@ -383,10 +397,24 @@ class AdaptationModule(L.LightningModule):
             idx = index.retrieve(feature[0], count, self.replay_generator)
         else:
             idx = torch.randint(len(dataset), (count,), generator=self.replay_generator).tolist()
-        items = [dataset[i] for i in idx]
+        samples = [self._source_sample(dataset, i, frame["img"].dtype) for i in idx]
+        return {k: torch.cat([sample[k] for sample in samples]) for k in samples[0]}
+
+    def _source_sample(self, dataset, index: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Source row `index` as replay reads it (its `_inputs` and labels, a batch of one), from the last
+        `replay_cache_size` read: on the benchmark 4 in 5 retrievals repeat one of the last 16."""
+        key = (index, dtype)
+        if key in self.replay_cache:
+            self.replay_cache.move_to_end(key)
+            return self.replay_cache[key]
+        item = dataset[index]
         keys = ("img", "keypoints", "pose", "betas", "joints3d", "has_smpl")
-        dtype = frame["img"].dtype
-        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]).to(self.device, dtype) for k in keys}
+        sample = {k: torch.as_tensor(item[k])[None].to(self.device, dtype) for k in keys}
+        sample["input"] = self._inputs(sample.pop("img"))
+        self.replay_cache[key] = sample
+        if len(self.replay_cache) > self.replay_cache_size:
+            self.replay_cache.popitem(last=False)
+        return sample
 
     def _clip_step(self, source: dict[str, torch.Tensor] | None = None) -> None:
         """Level 3: adapt a clone on the first half of the clip and score it on the second half (and on
@@ -394,6 +422,7 @@ class AdaptationModule(L.LightningModule):
         features of all T frames) with E_video of the same T frames."""
         frames = list(self.history)[-self.cfg.clip.length :]
         images = torch.cat([f["img"] for f in frames])
+        inputs = torch.cat([f["input"] for f in frames])
         pasts = [f.get("past") for f in frames]
         keypoints = torch.cat([f["keypoints"] for f in frames])
         video_embedding = None
@@ -402,17 +431,17 @@ class AdaptationModule(L.LightningModule):
                 video_embedding = self.video_encoder(images.transpose(0, 1)[None])
         half = len(frames) // 2
         w = self.cfg.loss_weights
-        guard = self._clip_guard(images, pasts, keypoints) if self.plan.clip_guard else None
+        guard = self._clip_guard(inputs, pasts, keypoints) if self.plan.clip_guard else None
         clone = self.inner.clone()
         inner, _ = levels.clip_objective(
-            self.predict_body(clone, images[:half], pasts[:half]), keypoints[:half], w
+            self.predict_body(clone, inputs[:half], pasts[:half]), keypoints[:half], w
         )
         if not torch.isfinite(inner):
             self.counters["skipped_steps"] += 1
             return
         clone = self.inner.step(clone, inner)
         scored = 0 if video_embedding is not None else half  # the alignment sees the whole clip
-        batch = images[scored:] if source is None else torch.cat([images[scored:], source["img"]])
+        batch = inputs[scored:] if source is None else torch.cat([inputs[scored:], source["input"]])
         pred = self.predict_body(clone, batch, pasts[scored:])
         replayed = _slice(pred, len(frames) - scored, pred.rotmat.shape[0])
         pred = _slice(pred, 0, len(frames) - scored)
@@ -436,7 +465,7 @@ class AdaptationModule(L.LightningModule):
             if guard is not None:
                 guard()
 
-    def _clip_guard(self, images: torch.Tensor, pasts: list, keypoints: torch.Tensor):
+    def _clip_guard(self, inputs: torch.Tensor, pasts: list, keypoints: torch.Tensor):
         """`clip.guard`: the base model's clip objective on all T frames, and its weights and clip
         optimiser state, before the clip step; returns what undoes the step if that objective did not
         fall. More than half of the clip steps are undone on the benchmark (docs/experiments.md,
@@ -446,7 +475,7 @@ class AdaptationModule(L.LightningModule):
 
         def clip_loss() -> torch.Tensor:
             with torch.no_grad():
-                pred = self.predict_body(self.model, images, pasts)
+                pred = self.predict_body(self.model, inputs, pasts)
                 return levels.clip_objective(pred, keypoints, self.cfg.loss_weights)[0]
 
         before = clip_loss()
@@ -479,7 +508,8 @@ class AdaptationModule(L.LightningModule):
         if track != self.track:
             self._start_track(track)
         images, keypoints = batch["img"], batch["keypoints"].to(batch["img"].dtype)
-        frame = {"img": images, "keypoints": keypoints, "past": self._past()}
+        inputs = self._inputs(images)
+        frame = {"img": images, "input": inputs, "keypoints": keypoints, "past": self._past()}
         if self.plan.replay in ("pose", "random") and self.replay_source is not None:
             frame["source"] = self._retrieve_source(frame, None)
         if self.plan.outer:
@@ -487,8 +517,13 @@ class AdaptationModule(L.LightningModule):
         else:
             clone, unadapted = self._adapted_clone(frame)
             with torch.no_grad():
-                final = self._finite_or(self.predict_body(clone, images, [frame.get("past")]), unadapted)
-        entry = {"img": images.detach(), "keypoints": keypoints.detach(), "past": frame.get("past")}
+                final = self._finite_or(self.predict_body(clone, inputs, [frame.get("past")]), unadapted)
+        entry = {
+            "img": images.detach(),
+            "input": inputs,
+            "keypoints": keypoints.detach(),
+            "past": frame.get("past"),
+        }
         if self.plan.pseudo_labels or self.plan.smoothed_context:  # as predicted before any clip step
             entry["rotmat"] = final.rotmat.detach()
         self.history.append(entry)
@@ -501,9 +536,9 @@ class AdaptationModule(L.LightningModule):
             self._clip_step(frame.get("source") if self.plan.clip_replay else None)
             if self.plan.emit == "updated":
                 with torch.no_grad():
-                    final = self.predict_body(self.model, images, [frame.get("past")])
+                    final = self.predict_body(self.model, inputs, [frame.get("past")])
         if self.plan.drift_guard and (self.frames_in_track - 1) % self.plan.drift_every == 0:
-            final = self._guard_drift(images, frame.get("past"), final)
+            final = self._guard_drift(inputs, frame.get("past"), final)
         if self.average is not None:
             ema_update(self.average, self.model, self.plan.average)
         entry["joints"] = final.joints[:, levels.losses.GT_JOINTS].detach()
@@ -541,14 +576,14 @@ class AdaptationModule(L.LightningModule):
             if self.plan.emit == "clone" and not self.plan.stopping:
                 return emitted
             with torch.no_grad():
-                after = self.predict_body(self.model, frame["img"], [frame.get("past")])
+                after = self.predict_body(self.model, frame["input"], [frame.get("past")])
             discrepancy = 1 - F.cosine_similarity(feat_before, after.head_feature, dim=-1).mean()
             if not self.plan.stopping or discrepancy <= self.cfg.stopping.tau:
                 break
             feat_before = after.head_feature
         if self.plan.emit == "teacher":
             with torch.no_grad():
-                return self.predict_body(self.teacher, frame["img"], [frame.get("past")])
+                return self.predict_body(self.teacher, frame["input"], [frame.get("past")])
         return emitted if self.plan.emit == "clone" and emitted is not None else after
 
     @torch.no_grad()
@@ -650,6 +685,8 @@ class AdaptationModule(L.LightningModule):
         self.replay_generator.set_state(state["replay_generator"])
         self.history.clear()
         self.history.extend(state["history"])
+        for frame in self.history:  # a state written before the history held them
+            frame.setdefault("input", self._inputs(frame["img"]))
         self.track = tuple(state["track"]) if state["track"] is not None else None
         self.frames_in_track = state["frames_in_track"]
         self.counters.update(state["counters"])

@@ -28,6 +28,8 @@ POSE_6D_DIM = NUM_JOINTS * 6  # 144
 NUM_BETAS = 10
 CAM_DIM = 3  # weak-perspective (s, tx, ty)
 MEAN_PARAM_SHAPES = {"pose": (POSE_6D_DIM,), "shape": (NUM_BETAS,), "cam": (CAM_DIM,)}
+# timm ResNet.forward_features, stage by stage (without gradient checkpointing)
+RESNET_STAGES = ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
 @dataclass
@@ -215,3 +217,50 @@ class HMR(nn.Module):
     def forward(self, images: torch.Tensor) -> HMROutput:
         """images (B, 3, S, S) -> HMROutput: rotmat (B, 24, 3, 3), betas (B, 10), cam (B, 3), ..."""
         return self.forward_features(self.extract_features(images))
+
+    @property
+    def staged(self) -> bool:
+        """Whether the trunk runs as RESNET_STAGES (timm's ResNet without gradient checkpointing)."""
+        return type(self.trunk) is timm.models.ResNet and not self.trunk.grad_checkpointing
+
+    def frozen_stages(self) -> int:
+        """How many of the trunk's leading stages (RESNET_STAGES) hold no weight that trains: their
+        output for an image is the same under any update, so a stream can compute it once (`stem`) and
+        run the rest (`forward_from`) as often as it likes. 0 for trunks other than timm's ResNet."""
+        count = 0
+        for name in RESNET_STAGES if self.staged else ():
+            if any(p.requires_grad for p in getattr(self.trunk, name).parameters()):
+                break
+            count += 1
+        return count
+
+    def stem(self, images: torch.Tensor, stages: int) -> torch.Tensor:
+        """images (B, 3, S, S) -> the feature maps after the trunk's first `stages` stages."""
+        check_images(images, self.crop_size, ("B",), "HMR")
+        return self._run_stages(images, 0, stages)
+
+    def forward_from(self, maps: torch.Tensor, stages: int) -> HMROutput:
+        """`stem(images, stages)` -> forward(images), the same numbers bit for bit."""
+        if stages == 0:
+            return self(maps)
+        return self.forward_features(self._run_stages(maps, stages, len(RESNET_STAGES)).mean(dim=(2, 3)))
+
+    def _run_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for name in RESNET_STAGES[start:stop]:
+            x = getattr(self.trunk, name)(x)
+        return x
+
+
+def shared_stages(models: list[nn.Module]) -> int:
+    """How many leading trunk stages (RESNET_STAGES) hold the same weights and buffers in all of
+    `models` (HMRs with staged trunks; else 0): one `stem` then serves them all, e.g. an adapted
+    model's frozen stages and its source model's."""
+    if not all(isinstance(m, HMR) and m.staged for m in models):
+        return 0
+    count = 0
+    for name in RESNET_STAGES:
+        states = [getattr(m.trunk, name).state_dict() for m in models]
+        if not all(all(torch.equal(state[k], states[0][k]) for k in states[0]) for state in states[1:]):
+            break
+        count += 1
+    return count
