@@ -6,6 +6,7 @@ Tiny sizes keep the file fast: a ResNet-18 of width 8-64 on 64x64 crops, a 4-fra
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 
@@ -16,7 +17,8 @@ from torch import nn
 
 from cemr.models import HMR, VIBE, Regressor, TemporalEncoder, VideoEncoder, VideoMAEPretrainer
 from cemr.models.frozen import freeze
-from cemr.models.hmr import create_trunk, load_mean_params, pooled_trunk_features
+from cemr.models.hmr import create_trunk, load_mean_params, pooled_trunk_features, shared_stages
+from cemr.models.prediction import predict_frames, predict_frames_of
 from cemr.models.video_encoder import IMAGENET_MEAN, IMAGENET_STD, sinusoid_table, tube_mask, tube_targets
 from cemr.safe_io import FileFormatError
 
@@ -169,6 +171,48 @@ def test_trunk_feature_is_the_spatial_mean_of_the_last_feature_map(mean_params):
         expected = x.mean(dim=(2, 3))
         torch.testing.assert_close(model.extract_features(images), expected, atol=1e-6, rtol=0)
         torch.testing.assert_close(model(images).feature, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "frozen,stages",
+    [([], 0), (["trunk.layer1"], 0), (["trunk.conv1"], 1), (["trunk.conv1", "trunk.bn1"], 4)]
+    + [(["trunk.conv1", "trunk.bn1", "trunk.layer1", "trunk.layer2"], 6), (["trunk"], 8)],
+)
+def test_the_frozen_stem_then_the_rest_is_the_forward_pass_bit_for_bit(mean_params, frozen, stages):
+    model = tiny_hmr(mean_params[0]).eval()
+    freeze(model, frozen, "adapter.frozen")
+    assert model.frozen_stages() == stages  # act1 and maxpool hold no weight: frozen with what precedes them
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        whole = model(images)
+        for k in range(9):
+            maps = model.stem(images, k)
+            assert maps.shape[0] == 3 and (k > 0 or torch.equal(maps, images))
+            rest = model.forward_from(maps, k)
+            assert all(torch.equal(getattr(whole, f), getattr(rest, f)) for f in ("rotmat", "cam", "betas"))
+            assert torch.equal(whole.feature, rest.feature)
+    model.trunk.set_grad_checkpointing(True)  # its forward runs the stages its own way
+    assert model.frozen_stages() == 0
+
+
+def test_models_predicted_in_one_pass_get_their_own_predictions_bit_for_bit(mean_params):
+    source = tiny_hmr(mean_params[0])
+    adapted, other = copy.deepcopy(source), tiny_hmr(mean_params[0], seed=5)
+    with torch.no_grad():  # as a stream adapts all but the frozen stem and first two stages
+        for name in ("layer3", "layer4"):
+            for p in getattr(adapted.trunk, name).parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    assert shared_stages([source, adapted]) == 6 and shared_stages([source, other]) == 0
+    assert shared_stages([source, adapted, tiny_vibe(mean_params[0])]) == 0  # not an HMR
+    frames = [{"img": torch.randn(3, 64, 64)} for _ in range(5)]
+    together = predict_frames_of([source, adapted, other], frames, batch_size=2)
+    for model, predicted in zip((source, adapted, other), together, strict=True):
+        alone = predict_frames(model, frames, batch_size=2)
+        assert set(alone) == set(predicted) and all(np.array_equal(alone[k], predicted[k]) for k in alone)
+    assert not np.array_equal(together[0]["pose"], together[1]["pose"])
+    with torch.no_grad():
+        adapted.trunk.layer1[0].conv1.weight[0, 0, 0, 0] += 1e-6
+    assert shared_stages([source, adapted]) == 4
 
 
 def test_zeroed_head_returns_the_mean_parameters(mean_params):

@@ -29,7 +29,7 @@ from cemr.evaluation.report import errors_by_row, frame_table, score_dataset, su
 from cemr.evaluation.summary import ALSO_SCORED, UNSMOOTHED
 from cemr.models import load_checkpoint
 from cemr.models.foreign import foreign_source
-from cemr.models.prediction import body_vertices, predict_frames
+from cemr.models.prediction import body_vertices, predict_frames, predict_frames_of
 from cemr.runtime import (
     STREAM_STATES,
     build_body_models,
@@ -56,13 +56,14 @@ METRICS = ("mpjpe", "pa_mpjpe", "pve", "accel_error")
 
 @dataclass
 class Adapted:
-    """What a stream leaves: the predictions it emitted {index, pose, betas, cam} in dataset-row order,
-    its counters (steps taken, skipped, ...) and the averaged weights' model (None without
-    `adapter.average`)."""
+    """What a stream leaves: the predictions it emitted {index, pose, betas, cam} in dataset-row order
+    (None: no stream), its counters (steps taken, skipped, ...), the averaged weights' model (None
+    without `adapter.average`) and a model with the source weights."""
 
-    predictions: dict[str, np.ndarray]
+    predictions: dict[str, np.ndarray] | None
     counters: dict[str, float]
     average: torch.nn.Module | None
+    source: torch.nn.Module
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -85,14 +86,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
     for state in sorted(out_dir.glob(STREAM_STATES)):
         check_stream_state(state, belongs_to)
 
-    # Before adapt(), which changes source.model in place; a DDP rank other than 0 only adapts.
-    baseline = predict_frames(source.model, target) if is_global_zero() else None
-    adapted = Adapted(baseline, {}, None)
-    if plan.levels > 0:
+    adapted = Adapted(None, {}, None, source.model)
+    if plan.levels > 0:  # changes source.model in place
         adapted = adapt(cfg, plan, source, body_models["neutral"], data, out_dir, belongs_to)
         if adapted is None:
             return {}  # rank 0 scores and writes every rank's predictions
-    predictions = unsmoothed = adapted.predictions
+    # One pass over the target: the source weights' predictions and the re-runs of the adapted weights
+    # (only ever scored) read each image once and share the frozen trunk stages (predict_frames_of).
+    models = {"source": adapted.source}
+    if scorable and plan.levels > 0:
+        models["snapshot"] = source.model
+    if scorable and adapted.average is not None:
+        models["average"] = adapted.average
+    rerun = dict(zip(models, predict_frames_of(list(models.values()), target), strict=True))
+    baseline = rerun["source"]
+    predictions = unsmoothed = baseline if adapted.predictions is None else adapted.predictions
     if plan.smoothing:  # as if frame t were emitted once t + lag is predicted; weights unchanged
         predictions = smooth_emitted(predictions, target.tracks, cfg.adapter.smoothing)
 
@@ -110,10 +118,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         unsmoothed if plan.smoothing else None,
     )
     metrics = {}
-    if scorable:  # the re-runs of the adapted weights are only ever scored
-        snapshot = predict_frames(source.model, target) if plan.levels > 0 else None
-        averaged = predict_frames(adapted.average, target) if adapted.average is not None else None
-        scored = {"source_": baseline, "": predictions, "snapshot_": snapshot, "average_": averaged}
+    if scorable:
+        scored = {"source_": baseline, "": predictions, "snapshot_": rerun.get("snapshot")}
+        scored["average_"] = rerun.get("average")
         scored[UNSMOOTHED] = unsmoothed if plan.smoothing else None
         by_row, truths = {}, {}
         for prefix, frames in scored.items():
@@ -293,7 +300,7 @@ def adapt(
     gathered = gather_predictions(local, counters, trainer.world_size)
     if gathered is None:
         return None
-    return Adapted(*gathered, module.average)
+    return Adapted(*gathered, module.average, module.source_model)
 
 
 def pose_barrier(adapter: DictConfig, prior: torch.nn.Module, source_frames) -> float:

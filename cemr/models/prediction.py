@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cemr.geometry import perspective_projection, rotmat_to_axis_angle, weak_perspective_to_translation
+from cemr.models.hmr import shared_stages
 from cemr.models.vibe import causal_windows
 
 
@@ -80,20 +81,38 @@ def predict_frames(
     Returns numpy arrays: index (N,), pose (N, 72) axis-angle, betas (N, 10), cam (N, 3) weak-perspective
     crop camera, and with `features` the pooled trunk feature (N, C).
     """
-    was_training = model.training
-    model.eval()
-    if getattr(model, "seq_len", None) is None:
-        loader = DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        outputs = [model(batch["img"].to(_device(model))) for batch in loader]
+    return predict_frames_of([model], frames, batch_size, num_workers, features)[0]
+
+
+@torch.no_grad()
+def predict_frames_of(
+    models: list[torch.nn.Module], frames, batch_size: int = 64, num_workers: int = 0, features: bool = False
+) -> list[dict]:
+    """`predict_frames` of each model, the same numbers, in one pass over the frames for single-frame
+    models: each batch is read once and runs once through the trunk stages whose weights they all
+    share (`shared_stages`: an adapted model's frozen ones and its source model's)."""
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    sequence = [getattr(model, "seq_len", None) is not None for model in models]
+    if not any(sequence):
+        outputs = _single_frame_outputs(models, frames, batch_size, num_workers)
     else:
         outputs = [
-            output
-            for track in frames.sequences()
-            for output in _causal_track(model, frames, track, batch_size, num_workers)
+            _sequence_outputs(model, frames, batch_size, num_workers)
+            if is_sequence
+            else _single_frame_outputs([model], frames, batch_size, num_workers)[0]
+            for model, is_sequence in zip(models, sequence, strict=True)
         ]
-    model.train(was_training)
+    for model, mode in zip(models, modes, strict=True):
+        model.train(mode)
+    return [_parameters(output, len(frames), features) for output in outputs]
+
+
+def _parameters(outputs: list, count: int, features: bool) -> dict:
+    """A model's outputs over the rows -> predict_frames' numpy arrays."""
     result = {
-        "index": torch.arange(len(frames)).numpy(),
+        "index": torch.arange(count).numpy(),
         "pose": torch.cat([rotmat_to_axis_angle(o.rotmat.float()).reshape(-1, 72) for o in outputs]),
         "betas": torch.cat([o.betas.float() for o in outputs]),
         "cam": torch.cat([o.cam.float() for o in outputs]),
@@ -105,6 +124,27 @@ def predict_frames(
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _single_frame_outputs(models: list, frames, batch_size: int, num_workers: int) -> list[list]:
+    """Each model's outputs for batches of rows, the stages they share run once a batch."""
+    shared = shared_stages(models) if len(models) > 1 else 0
+    loader = DataLoader(frames, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    outputs = [[] for _ in models]
+    for batch in loader:
+        images = batch["img"].to(_device(models[0]))
+        maps = models[0].stem(images, shared) if shared else images
+        for model, output in zip(models, outputs, strict=True):
+            output.append(model.forward_from(maps, shared) if shared else model(images))
+    return outputs
+
+
+def _sequence_outputs(model, frames, batch_size: int, num_workers: int) -> list:
+    return [
+        output
+        for track in frames.sequences()
+        for output in _causal_track(model, frames, track, batch_size, num_workers)
+    ]
 
 
 def _causal_track(model, frames, track, batch_size: int, num_workers: int):
