@@ -65,6 +65,22 @@ class Stream(Dataset):
         }
 
 
+def source_bank(count: int, seed: int = 3) -> list[dict[str, torch.Tensor]]:
+    """Labelled source samples with random crops and keypoints, to replay (a dataset's rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "img": torch.randn(3, CROP, CROP, generator=gen),
+            "keypoints": torch.cat([torch.rand(49, 2, generator=gen), torch.ones(49, 1)], -1),
+            "pose": torch.zeros(72),
+            "betas": torch.zeros(10),
+            "joints3d": torch.zeros(24, 4),
+            "has_smpl": torch.tensor(1.0),
+        }
+        for _ in range(count)
+    ]
+
+
 def make_module(parts, cfg, seed=0, pose_barrier=None):
     body, prior, mean_params = parts
     torch.manual_seed(seed)
@@ -157,18 +173,7 @@ def test_reading_the_frozen_stages_once_per_image_streams_as_the_whole_forward_p
     The stream runs the frozen stages on one crop at a time; a convolution may round a crop
     differently alone and in a batch (oneDNN's do on the benchmark's maps), so the whole-trunk run
     does the same there."""
-    gen = torch.Generator().manual_seed(3)
-    bank = [
-        {
-            "img": torch.randn(3, CROP, CROP, generator=gen),
-            "keypoints": torch.cat([torch.rand(49, 2, generator=gen), torch.ones(49, 1)], -1),
-            "pose": torch.zeros(72),
-            "betas": torch.zeros(10),
-            "joints3d": torch.zeros(24, 4),
-            "has_smpl": torch.tensor(1.0),
-        }
-        for _ in range(3)
-    ]
+    bank = source_bank(3)
     runs = []
     for reuse in (True, False):
         cfg = adapter_cfg(levels=3, frozen=["trunk.conv1", "trunk.bn1", "trunk.layer1"])

@@ -13,7 +13,7 @@ from cemr.adapt.plan import Plan
 from cemr.data.retrieval import PoseIndex, _gt24, _normalize
 from cemr.geometry import rotmat_to_axis_angle
 from tests.conftest import compose_config
-from tests.test_adapt_module import Stream, adapter_cfg, make_module, stream_through
+from tests.test_adapt_module import Stream, adapter_cfg, make_module, source_bank, stream_through
 
 
 def plan_of(*overrides: str) -> Plan:
@@ -346,18 +346,7 @@ def test_replayed_samples_weigh_decay_to_the_rank(parts):
 
 
 def test_the_clip_step_replays_frame_ts_source_samples_when_asked(parts):
-    gen = torch.Generator().manual_seed(3)
-    bank = [
-        {
-            "img": torch.randn(3, 32, 32, generator=gen),
-            "keypoints": torch.cat([torch.rand(49, 2, generator=gen), torch.ones(49, 1)], -1),
-            "pose": torch.zeros(72),
-            "betas": torch.zeros(10),
-            "joints3d": torch.zeros(24, 4),
-            "has_smpl": torch.tensor(1.0),
-        }
-        for _ in range(5)
-    ]
+    bank = source_bank(5)
     runs = []
     for clip_replay in (False, True):
         cfg = adapter_cfg(levels=3, clip={"replay": clip_replay})

@@ -20,6 +20,11 @@ A sequence model (VIBE: `seq_len`) adapts the same way, all its weights (trunk, 
 frame is predicted from its causal window (models/vibe.py), whose earlier frames are the trunk
 features cached when they were emitted (history entries' `feature`); only the frame itself takes a
 trunk pass, under gradient. Frame t-k and the clip's frames use the windows they had when they came.
+
+Where `adapter.frozen` holds the trunk's leading stages (HMR.frozen_stages), their feature maps of an
+image are the same under every update: they run once per frame (`_inputs`), which every forward of
+that frame reads, its history entry keeps for when it is frame t-k, and once per replayed source
+sample (kept for the next `replay_cache_size` retrievals).
 """
 
 from __future__ import annotations
