@@ -149,11 +149,13 @@ class AdaptationModule(L.LightningModule):
             if net is not None:  # its source statistics
                 net.eval()
 
-    @torch.no_grad()
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         """What `predict_body` reads of images (B, 3, S, S): the frozen trunk stages' feature maps, or the
         images where no stage is frozen. The source model's stages: every net's frozen ones equal them."""
-        return self.source_model.stem(images, self.stem_stages) if self.stem_stages else images
+        if not self.stem_stages:
+            return images
+        with torch.no_grad():  # not a decorator: bench_adapt's breakdown needs this method's callers
+            return self.source_model.stem(images, self.stem_stages)
 
     def predict_body(
         self, net: nn.Module, inputs: torch.Tensor, pasts: list[torch.Tensor | None] | None = None
