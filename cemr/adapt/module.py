@@ -692,8 +692,9 @@ class AdaptationModule(L.LightningModule):
         self.replay_generator.set_state(state["replay_generator"])
         self.history.clear()
         self.history.extend(state["history"])
-        for frame in self.history:  # a state written before the history held them
-            frame.setdefault("input", self._inputs(frame["img"]))
+        for frame in self.history:
+            if "input" not in frame:  # a state written before the history held them
+                frame["input"] = self._inputs(frame["img"])
         self.track = tuple(state["track"]) if state["track"] is not None else None
         self.frames_in_track = state["frames_in_track"]
         self.counters.update(state["counters"])
